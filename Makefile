@@ -1,0 +1,39 @@
+# Everything runs from the project's own files: a fresh machine needs only Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/.dagster
+export DBT_PROFILES_DIR := $(CURDIR)/dbt_project
+
+.PHONY: install prepare demo run test dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The dbt manifest is prepared once here, never parsed when Dagster imports the code.
+dbt_project/target/manifest.json: $(VENV)/.installed $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f 2>/dev/null) dbt_project/dbt_project.yml
+	cd dbt_project && ../$(BIN)/dbt parse --quiet --profiles-dir .
+
+prepare: dbt_project/target/manifest.json
+
+demo: prepare
+	$(BIN)/nudge demo
+
+run: prepare
+	$(BIN)/nudge run
+
+test: prepare
+	$(BIN)/python -m pytest -q
+
+dev: prepare
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf data dbt_project/target dbt_project/logs .dagster/storage .dagster/history .dagster/schedules

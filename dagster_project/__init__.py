@@ -1,0 +1,1 @@
+"""Nudge: warehouse-native, behavior-triggered email."""

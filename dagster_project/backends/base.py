@@ -1,0 +1,84 @@
+"""The one interface every email backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from email.message import EmailMessage
+from types import TracebackType
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the backend said about one message.
+
+    ok=True: handed over. ok=False, permanent=True: the backend refused it for
+    good (an SMTP 5xx), retrying is pointless. ok=False, permanent=False: a
+    temporary refusal (an SMTP 4xx), retry on a later tick.
+    """
+
+    message_id: str
+    ok: bool
+    permanent: bool = False
+    detail: str = ""
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be reached at all; the tick must fail rather than guess.
+
+    Raised by `__enter__` (nothing was handed over) and by `send` when the
+    backend went away mid-batch and could not be reached again (that message's
+    fate is unknown to a backend that does not dedupe).
+    """
+
+
+class DeliveryUncertain(BackendUnavailable):
+    """The backend went silent while taking a message: it may or may not have accepted it.
+
+    A subclass so callers that only know BackendUnavailable still stop the tick;
+    a caller that knows better records this one message as unknown, not retryable.
+    """
+
+    def __init__(self, message: str, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class EmailBackend(ABC):
+    # True when handing over the same Message-ID twice cannot produce two emails,
+    # so a message left ambiguous by a crash may simply be sent again.
+    dedupes: bool = False
+    # For logs and metadata: never contains a secret.
+    description: str = ""
+
+    def __enter__(self) -> "EmailBackend":
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect; raise BackendUnavailable when that is impossible."""
+
+    def close(self) -> None:
+        """Release connections; never raises."""
+
+    @abstractmethod
+    def send(self, message: EmailMessage) -> Delivery:
+        """Hand one message over. Returns a Delivery; raises BackendUnavailable when unreachable."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description})"
+
+
+def message_id_of(message: EmailMessage) -> str:
+    value = message.get("Message-ID")
+    if not value or not str(value).strip():
+        raise ValueError("message has no Message-ID; compose it with dagster_project.messages.compose")
+    return str(value).strip()

@@ -1,0 +1,83 @@
+"""Which dbt models were built, and tested clean, for which `as_of`.
+
+Failed dbt tests do not reliably stop a downstream Python asset, so the dbt
+step records each model's outcome here and a send step refuses to read a
+trigger table that was not built and tested for its own tick.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+BUILDS_TABLE = "nudge.model_builds"
+
+DDL = f"""
+create schema if not exists nudge;
+create table if not exists {BUILDS_TABLE} (
+    unique_id    varchar   primary key,
+    as_of        timestamp not null,
+    status       varchar   not null,
+    failed_tests varchar   not null,
+    recorded_at  timestamp not null
+);
+"""
+
+
+class NotBuiltError(RuntimeError):
+    pass
+
+
+def model_outcomes(run_results: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, tuple[str, list[str]]]:
+    """unique_id of each model in the run -> (its status, the tests on it that failed or errored)."""
+    tested = {**manifest.get("nodes", {}), **manifest.get("unit_tests", {})}
+    statuses: dict[str, str] = {}
+    failures: dict[str, list[str]] = defaultdict(list)
+    for result in run_results.get("results", []):
+        unique_id = result["unique_id"]
+        if unique_id.startswith("model."):
+            statuses[unique_id] = result["status"]
+        elif result["status"] in ("fail", "error"):
+            test = tested.get(unique_id, {})
+            for model in test.get("depends_on", {}).get("nodes", []):
+                failures[model].append(test.get("name", unique_id))
+    return {model: (status, sorted(failures.get(model, []))) for model, status in statuses.items()}
+
+
+def record_builds(
+    con: duckdb.DuckDBPyConnection,
+    outcomes: Mapping[str, tuple[str, list[str]]],
+    *,
+    as_of: datetime,
+    now: datetime,
+) -> None:
+    con.execute(DDL)
+    for unique_id, (status, failed_tests) in outcomes.items():
+        con.execute(
+            f"""
+            insert or replace into {BUILDS_TABLE} (unique_id, as_of, status, failed_tests, recorded_at)
+            values (?, ?, ?, ?, ?)
+            """,
+            [unique_id, as_of, status, ", ".join(failed_tests), now],
+        )
+
+
+def require_built(con: duckdb.DuckDBPyConnection, unique_id: str, as_of: datetime) -> None:
+    """Raise unless `unique_id` was built successfully, with no failing test, for this `as_of`."""
+    con.execute(DDL)
+    row = con.execute(
+        f"select as_of, status, failed_tests from {BUILDS_TABLE} where unique_id = ?", [unique_id]
+    ).fetchone()
+    if row is None:
+        raise NotBuiltError(f"{unique_id} has never been built by a tick; nothing sent")
+    built_as_of, status, failed_tests = row
+    if built_as_of != as_of:
+        raise NotBuiltError(f"{unique_id} was last built for {built_as_of}, not this tick's {as_of}; nothing sent")
+    if status != "success":
+        raise NotBuiltError(f"{unique_id} did not build for {as_of} (dbt status {status}); nothing sent")
+    if failed_tests:
+        raise NotBuiltError(f"dbt tests on {unique_id} failed for {as_of}: {failed_tests}; nothing sent")

@@ -1,0 +1,185 @@
+"""`nudge`: a thin command line over the same Dagster definitions the schedule runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dagster_project.clock import format_as_of, parse_as_of
+from dagster_project.settings import NudgeSettings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console()
+
+AsOf = Annotated[Optional[str], typer.Option("--as-of", help="Evaluate as of this ISO 8601 instant (default: now).")]
+
+
+def _settings() -> NudgeSettings:
+    return NudgeSettings().resolved()
+
+
+def _as_of(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    try:
+        return parse_as_of(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _print_tick(tick, settings: NudgeSettings) -> None:  # noqa: ANN001 (TickResult; imported lazily)
+    from dagster_project.backends import redact_url
+
+    events, contacts = tick.assets.get("raw/events", {}), tick.assets.get("raw/contacts", {})
+    table = Table(title=f"Tick as of {format_as_of(tick.as_of)} UTC", show_lines=False)
+    for column in ("", "loaded", "duplicates", "rejected"):
+        table.add_column(column, justify="right" if column else "left")
+    for name, meta in (("events", events), ("contacts", contacts)):
+        table.add_row(name, str(meta.get("rows_loaded", 0)), str(meta.get("rows_duplicate", 0)), str(meta.get("rows_rejected", 0)))
+    console.print(table)
+
+    sends = Table(title="Automations")
+    for column in ("automation", "due", "sent", "held out", "failed", "skipped", "skipped by reason"):
+        sends.add_column(column, justify="left" if column in ("automation", "skipped by reason") else "right")
+    for key, meta in sorted(tick.assets.items()):
+        if not key.startswith("send_"):
+            continue
+        reasons = ", ".join(f"{name[len('skipped_'):]} {count}" for name, count in sorted(meta.items())
+                            if name.startswith("skipped_") and count)
+        sends.add_row(key[len("send_"):], str(meta.get("due", 0)), str(meta.get("sent", 0)), str(meta.get("held_out", 0)),
+                      str(meta.get("failed", 0)), str(meta.get("skipped", 0)), reasons or "-")
+    console.print(sends)
+    console.print(f"Emails went to: {redact_url(settings.email_url.get_secret_value())}")
+    console.print(f"Warehouse: {settings.warehouse}")
+    console.print(f"Tick wall time: {tick.seconds:.1f} s")
+    for failure in tick.failures:
+        console.print(f"[red]FAILED[/red] {failure}")
+
+
+def _tick(as_of: datetime, settings: NudgeSettings):  # noqa: ANN202
+    from dagster_project.definitions import build_defs
+    from dagster_project.tick import run_tick
+
+    return run_tick(build_defs(settings), as_of)
+
+
+@app.command()
+def run(as_of: AsOf = None) -> None:
+    """Run one tick in-process: ingest, build the models, send what is due."""
+    settings = _settings()
+    tick = _tick(_as_of(as_of), settings)
+    _print_tick(tick, settings)
+    raise typer.Exit(0 if tick.success else 1)
+
+
+@app.command()
+def demo(
+    contacts: Annotated[int, typer.Option(help="How many contacts the sample app has.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the sample data.")] = 7,
+    fresh: Annotated[bool, typer.Option(help="Start from an empty warehouse, landing folder and outbox.")] = True,
+) -> None:
+    """Write sample data, run one full tick as of the data's end, and print a summary."""
+    from dagster_project.sample_data import DEFAULT_END, generate
+
+    settings = _settings()
+    if fresh:
+        for path in (settings.warehouse, settings.landing_dir, _outbox(settings)):
+            _remove(path)
+    summary = generate(settings.landing_dir, contacts=contacts, seed=seed)
+    console.print(f"Sample data: {summary.contacts} contacts, {summary.events} events in {settings.landing_dir}")
+    tick = _tick(parse_as_of(DEFAULT_END.isoformat()), settings)
+    _print_tick(tick, settings)
+    raise typer.Exit(0 if tick.success else 1)
+
+
+def _outbox(settings: NudgeSettings) -> Path | None:
+    url = settings.email_url.get_secret_value()
+    return Path(url[len("file://"):]) if url.startswith("file://") else None
+
+
+def _remove(path: Path | None) -> None:
+    if path is None or not path.exists():
+        return
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        for sibling in path.parent.glob(path.name + "*"):  # the .wal and .lock beside a DuckDB file
+            sibling.unlink()
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Summarise the ledger: messages per automation, status and reason."""
+    from dagster_project.ledger import LEDGER_TABLE, ensure_ledger, status_counts
+    from dagster_project.warehouse import connect
+
+    settings = _settings()
+    with connect(settings.warehouse, settings.lock_timeout_seconds) as con:
+        ensure_ledger(con)
+        counts = status_counts(con)
+        unknown = con.execute(
+            f"select automation, trigger_key, contact_id, error from {LEDGER_TABLE} where status = 'unknown' "
+            "order by automation, trigger_key"
+        ).fetchall()
+    if as_json:
+        rows = [{"automation": a, "status": s, "reason": r, "count": n} for a, s, r, n in counts]
+        unknown_rows = [{"automation": a, "trigger_key": k, "contact_id": c, "error": e} for a, k, c, e in unknown]
+        typer.echo(json.dumps({"messages": rows, "unknown": unknown_rows}, indent=2))
+        return
+    table = Table(title=f"Ledger {LEDGER_TABLE}")
+    for column in ("automation", "status", "reason", "messages"):
+        table.add_column(column, justify="right" if column == "messages" else "left")
+    for automation, state, reason, count in counts:
+        table.add_row(automation, state, reason or "", str(count))
+    console.print(table)
+    for automation, key, contact, error in unknown:
+        console.print(f"[yellow]unknown[/yellow] {automation} {key} (contact {contact}): {error}")
+
+
+@app.command()
+def preview(
+    automation: Annotated[str, typer.Argument(help="The automation, e.g. cart_abandoned.")],
+    contact: Annotated[Optional[str], typer.Option(help="A contact id; default: the first qualified contact.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the HTML part.")] = None,
+) -> None:
+    """Render an automation's email for one contact without sending anything."""
+    from dagster_project.preview import render_preview
+
+    settings = _settings()
+    try:
+        rendered = render_preview(settings, automation, contact)
+    except LookupError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    path = out or settings.warehouse.parent / "previews" / f"{automation}-{rendered.contact_id}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rendered.email.html)
+    console.print(f"[bold]Subject:[/bold] {rendered.email.subject}")
+    console.print(rendered.email.text)
+    console.print(f"HTML written to {path}")
+
+
+@app.command("sample-data")
+def sample_data(
+    contacts: Annotated[int, typer.Option()] = 2000,
+    days: Annotated[int, typer.Option()] = 21,
+    seed: Annotated[int, typer.Option()] = 7,
+    out: Annotated[Optional[Path], typer.Option(help="Default: NUDGE_LANDING_DIR.")] = None,
+) -> None:
+    """Write landing files of the sample fitness-and-shop app."""
+    from dagster_project.sample_data import generate
+
+    target = out or _settings().landing_dir
+    summary = generate(target, contacts=contacts, days=days, seed=seed)
+    console.print(f"{summary.contacts} contacts and {summary.events} events written to {target}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,136 @@
+"""The dbt project as Dagster assets, built with the run's `as_of`.
+
+Two selections of one project: the models that decide who qualifies, and the
+reporting models that read the ledger. Splitting them keeps the graph acyclic
+(triggers -> send -> ledger -> reporting) without asking Dagster to subset.
+"""
+
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from dagster_project.builds import model_outcomes, record_builds
+from dagster_project.clock import as_of_for, format_as_of
+from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
+
+REPORTING = "path:models/reporting"
+LEDGER_KEY = dg.AssetKey(["nudge", "messages"])
+
+
+class ManifestMissingError(FileNotFoundError):
+    pass
+
+
+@cache
+def dbt_project(project_dir: Path) -> DbtProject:
+    project = DbtProject(project_dir=project_dir)
+    if not project.manifest_path.exists():
+        # Parsing here would run dbt on every code load; it is a build step instead.
+        raise ManifestMissingError(
+            f"{project.manifest_path} is missing: run `make prepare` "
+            f"(or `dbt parse` in {project_dir}) before loading the Dagster code"
+        )
+    return project
+
+
+def load_manifest(project: DbtProject) -> dict[str, Any]:
+    return json.loads(project.manifest_path.read_text())
+
+
+class NudgeDbtTranslator(DagsterDbtTranslator):
+    """Groups follow the project's folders; sources point at the assets that write them."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return dg.AssetKey([dbt_resource_props["source_name"], dbt_resource_props["name"]])
+        return dg.AssetKey(dbt_resource_props["name"])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        fqn = dbt_resource_props.get("fqn", [])
+        # fqn is [project, folder, ..., model]; a model at the root has no folder.
+        return fqn[1] if len(fqn) > 2 else "dbt"
+
+
+def dbt_build_args(as_of: datetime, warehouse: Path | str) -> list[str]:
+    """The dbt command of a tick: one `build`, so dbt's start-up is paid once.
+
+    dbt unit tests check the SQL, not the data, so they run in `make test`, not every hour.
+    """
+    variables = {"as_of": format_as_of(as_of), "warehouse_path": str(warehouse)}
+    return ["build", "--vars", json.dumps(variables, sort_keys=True), "--exclude-resource-type", "unit_test"]
+
+
+def _build(
+    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, manifest: Mapping[str, Any]
+) -> Iterator[Any]:
+    as_of = as_of_for(context)
+    # dbt's subprocess is the writer; the lock keeps other processes off the file meanwhile.
+    with warehouse.lock():
+        invocation = dbt.cli(dbt_build_args(as_of, warehouse.path), context=context, raise_on_error=False)
+        yield from invocation.stream()
+        run_results = invocation.get_artifact("run_results.json")
+        con = duckdb.connect(warehouse.path)
+        try:
+            record_builds(
+                con,
+                model_outcomes(run_results, manifest),
+                as_of=as_of,
+                now=datetime.now(UTC).replace(tzinfo=None),
+            )
+        finally:
+            con.close()
+    if not invocation.is_successful():
+        raise dg.Failure(
+            description=f"dbt build failed for as_of {format_as_of(as_of)}: see the dbt events above; "
+            "nothing downstream of a failed model or test will send"
+        )
+
+
+def build_dbt_assets(project: DbtProject) -> list[dg.AssetsDefinition]:
+    manifest = load_manifest(project)
+    translator = NudgeDbtTranslator()
+
+    @dbt_assets(
+        manifest=manifest,
+        project=project,
+        dagster_dbt_translator=translator,
+        exclude=REPORTING,
+        name="nudge_models",
+        pool=WAREHOUSE_POOL,
+    )
+    def nudge_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+        yield from _build(context, dbt, warehouse, manifest)
+
+    @dbt_assets(
+        manifest=manifest,
+        project=project,
+        dagster_dbt_translator=translator,
+        select=REPORTING,
+        name="nudge_reporting",
+        pool=WAREHOUSE_POOL,
+    )
+    def nudge_reporting(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+        yield from _build(context, dbt, warehouse, manifest)
+
+    return [nudge_models, nudge_reporting]
+
+
+def prepare_manifest(project_dir: Path) -> Path:
+    """`dbt parse` once, ahead of loading the code (make prepare, test sessions, a copied project)."""
+    from dbt.cli.main import dbtRunner
+
+    result = dbtRunner().invoke(
+        ["parse", "--quiet", "--project-dir", str(project_dir), "--profiles-dir", str(project_dir)]
+    )
+    if not result.success:
+        raise RuntimeError(f"dbt parse failed in {project_dir}: {result.exception}")
+    dbt_project.cache_clear()
+    return project_dir / "target" / "manifest.json"

@@ -1,0 +1,100 @@
+"""The one set of Dagster definitions: `dagster dev`, the schedule, `nudge` and the tests load this."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster_dbt import DbtCliResource
+
+from dagster_project.automations import automations_from_manifest, find_node, relation_of
+from dagster_project.clock import as_of_tags
+from dagster_project.dbt_assets import NudgeDbtTranslator, build_dbt_assets, dbt_project, load_manifest
+from dagster_project.ingest import INGEST_ASSETS, LandingFiles
+from dagster_project.resources import EmailBackendResource, SendSettings
+from dagster_project.send_assets import build_ledger_asset, build_send_asset
+from dagster_project.settings import NudgeSettings
+from dagster_project.warehouse import Warehouse
+
+TICK_JOB = "tick"
+
+
+def _secret(env_name: str, value: str) -> str | dg.EnvVar:
+    """Read secrets through EnvVar when they come from the environment, so Dagster never shows them."""
+    return dg.EnvVar(env_name) if os.environ.get(env_name) == value else value
+
+
+def dbt_executable() -> str:
+    """The dbt installed beside this Python, so an unactivated venv still finds it."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.exists() else shutil.which("dbt") or "dbt"
+
+
+def build_tick_schedule(job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="hourly_tick",
+        job=job,
+        cron_schedule="0 * * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
+    def hourly_tick(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        # The tick's own time, not "now": a late or replayed tick evaluates the hour it stands for.
+        return dg.RunRequest(tags=as_of_tags(context.scheduled_execution_time))
+
+    return hourly_tick
+
+
+def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
+    settings = (settings or NudgeSettings()).resolved()
+    project = dbt_project(settings.dbt_project_dir)
+    manifest = load_manifest(project)
+    translator = NudgeDbtTranslator()
+    contacts_node = find_node(manifest, "stg_contacts")
+
+    send_assets = [
+        build_send_asset(
+            automation,
+            trigger_key=translator.get_asset_key(manifest["nodes"][automation.model_unique_id]),
+            contacts_key=translator.get_asset_key(contacts_node),
+            contacts_relation=relation_of(contacts_node),
+        )
+        for automation in automations_from_manifest(manifest)
+    ]
+    ledger = build_ledger_asset([asset.key for asset in send_assets])
+    tick = dg.define_asset_job(
+        TICK_JOB,
+        selection=dg.AssetSelection.all(),
+        description="One hourly tick: ingest new landing files, build the models, send what is due, report.",
+    )
+    email_url = settings.email_url.get_secret_value()
+    return dg.Definitions(
+        assets=[*INGEST_ASSETS, *build_dbt_assets(project), *send_assets, ledger],
+        jobs=[tick],
+        schedules=[build_tick_schedule(tick)],
+        resources={
+            "warehouse": Warehouse(path=str(settings.warehouse), lock_timeout_seconds=settings.lock_timeout_seconds),
+            "landing": LandingFiles(path=str(settings.landing_dir), max_reject_share=settings.max_reject_share),
+            "dbt": DbtCliResource(project_dir=project, dbt_executable=dbt_executable()),
+            "email": EmailBackendResource(
+                url=email_url if email_url.startswith("file://") else _secret("NUDGE_EMAIL_URL", email_url)
+            ),
+            "send_settings": SendSettings(
+                templates_dir=str(settings.templates_dir),
+                sender=settings.sender,
+                postal_address=settings.postal_address,
+                unsubscribe_url=settings.unsubscribe_url,
+                unsubscribe_mailto=settings.unsubscribe_mailto,
+                unsubscribe_secret=_secret(
+                    "NUDGE_UNSUBSCRIBE_SECRET", settings.unsubscribe_secret.get_secret_value()
+                ),
+                batch_size=settings.send_batch_size,
+            ),
+        },
+    )
+
+
+defs = build_defs()

@@ -1,0 +1,888 @@
+"""Landing files -> raw.events, raw.contacts (and raw.rejected_rows).
+
+Each file is parsed into a polars frame that keeps every row's line number,
+checked with the pandera schemas, and written in one DuckDB transaction:
+good rows in bulk, bad rows to raw.rejected_rows with a reason, and the file's
+size and mtime to raw.loaded_files so an unchanged file is never read twice.
+
+Loading is idempotent: events insert only ids the table does not hold yet
+(a retry, a re-sent file, a file that grew), contacts replace a stored row only
+when their updated_at is newer, and rejections dedupe on (file, line, text).
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the asset functions' type hints at runtime.
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+from dagster import AssetExecutionContext
+import duckdb
+import orjson
+import polars as pl
+
+from dagster_project.schemas import validate_contacts, validate_events
+from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
+
+LANDING_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+JSONL_CHUNK_BYTES = 64 << 20
+PARQUET_BATCH_ROWS = 500_000
+
+TEXT, PROPERTIES, FLAG = "text", "properties", "flag"
+EVENT_FIELDS = {
+    "event_id": TEXT,
+    "contact_id": TEXT,
+    "name": TEXT,
+    "occurred_at": TEXT,
+    "properties": PROPERTIES,
+    "is_syncing": FLAG,
+}
+CONTACT_FIELDS = {
+    "contact_id": TEXT,
+    "email": TEXT,
+    "status": TEXT,
+    "first_name": TEXT,
+    "last_name": TEXT,
+    "timezone": TEXT,
+    "properties": PROPERTIES,
+    "updated_at": TEXT,
+}
+TIMESTAMP_FIELDS = ("occurred_at", "updated_at")
+TRUE_TEXTS = ["true", "t", "1", "yes", "y"]
+FALSE_TEXTS = ["false", "f", "0", "no", "n", ""]
+
+RAW_TABLES_DDL = """
+create schema if not exists raw;
+create table if not exists raw.events (
+    event_id varchar primary key,
+    contact_id varchar not null,
+    name varchar not null,
+    occurred_at timestamp not null,
+    properties varchar not null,
+    is_syncing boolean not null,
+    source_file varchar,
+    source_line integer,
+    loaded_at timestamp
+);
+create table if not exists raw.contacts (
+    contact_id varchar primary key,
+    email varchar,
+    status varchar not null,
+    first_name varchar,
+    last_name varchar,
+    timezone varchar,
+    properties varchar not null,
+    updated_at timestamp not null,
+    source_file varchar,
+    source_line integer,
+    loaded_at timestamp
+);
+create table if not exists raw.rejected_rows (
+    source_table varchar not null,
+    source_file varchar,
+    line integer,
+    raw varchar,
+    reason varchar not null,
+    rejected_at timestamp
+);
+create table if not exists raw.loaded_files (
+    source_table varchar not null,
+    path varchar not null,
+    size bigint not null,
+    mtime_ns bigint not null,
+    rows_loaded bigint not null,
+    rows_rejected bigint not null,
+    loaded_at timestamp
+);
+"""
+
+
+def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(RAW_TABLES_DDL)
+
+
+@dataclass
+class IngestReport:
+    table: str
+    files_loaded: int = 0
+    files_skipped: int = 0
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_duplicate: int = 0  # valid rows that changed nothing: an id already loaded, an older contact version
+    rows_rejected: int = 0
+    reject_reasons: Counter[str] = field(default_factory=Counter)  # by kind; a row may count under several
+
+    @property
+    def reject_share(self) -> float:
+        return self.rows_rejected / self.rows_read if self.rows_read else 0.0
+
+
+# --- reading files into text frames ----------------------------------------------------------------
+# A text frame holds one row per landing row: source_line, raw (the row's original text),
+# parse_error/parse_kind (set when the row is not a record at all), field_errors (values of the
+# wrong type) and the fields as text, except properties, which arrive normalised: minified JSON
+# object text, '{}' when absent, null when not an object (the offending value in properties_text).
+#
+# JSON is parsed by DuckDB's vectorised JSON functions on an in-memory connection: one pass checks
+# each line, one more turns the good ones into a struct of JSON values. Python only touches the
+# rare bad line, to quote the parser's complaint.
+
+
+def _text_frame_schema(fields: dict[str, str]) -> dict[str, pl.DataType]:
+    schema: dict[str, pl.DataType] = {
+        "source_line": pl.Int64(),
+        "raw": pl.String(),
+        "parse_error": pl.String(),
+        "parse_kind": pl.String(),
+        "field_errors": pl.String(),
+    }
+    for name, kind in fields.items():
+        if kind == PROPERTIES:
+            schema["properties"] = pl.String()
+            schema["properties_text"] = pl.String()
+        elif kind == FLAG:
+            schema[f"{name}_text"] = pl.String()
+        else:
+            schema[name] = pl.String()
+    return schema
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def _query(json_con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame, sql: str) -> pl.DataFrame:
+    json_con.register(name, frame.to_arrow())
+    try:
+        return json_con.sql(sql).pl()
+    finally:
+        json_con.unregister(name)
+
+
+def _json_problem(line: str) -> str:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        return f"line is not valid JSON ({error.msg} at character {error.pos + 1}): each line must be one complete JSON object"
+    return f"line is a JSON {type(value).__name__}, not an object: each line must be one JSON object"
+
+
+def _append_error(errors: pl.Expr, condition: pl.Expr, message: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(condition)
+        .then(pl.when(errors.is_null()).then(message).otherwise(errors + pl.lit("; ") + message))
+        .otherwise(errors)
+    )
+
+
+def _decode_json_strings(values: pl.Series) -> pl.Series:
+    """JSON text of scalar values -> their text: strings unquoted, numbers as written."""
+    is_string = values.str.starts_with('"')
+    plain = pl.select(
+        pl.when(is_string).then(values.str.slice(1, values.str.len_chars() - 2)).otherwise(values)
+    ).to_series()
+    escaped = (is_string & values.str.contains("\\", literal=True)).fill_null(False)
+    if escaped.any():
+        positions = escaped.arg_true()
+        decoded = pl.Series([orjson.loads(text) for text in values.gather(positions).to_list()], dtype=pl.String)
+        plain = plain.scatter(positions, decoded)
+    return plain
+
+
+def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str, pl.Series]:
+    """Columns of JSON value text (one per field, null when absent or null) -> text frame columns."""
+    height = values.height
+    field_errors = pl.Series("field_errors", [None] * height, dtype=pl.String)
+    out: dict[str, pl.Series] = {}
+    for name, kind in fields.items():
+        column = values.get_column(name)
+        first = column.str.slice(0, 1)
+        if kind == PROPERTIES:
+            is_object = first == "{"
+            out["properties"] = pl.select(
+                pl.when(column.is_null()).then(pl.lit("{}")).when(is_object).then(column)
+            ).to_series()
+            out["properties_text"] = pl.select(pl.when(~is_object).then(column)).to_series()
+            continue
+        text = _decode_json_strings(column)
+        if kind == FLAG:
+            out[f"{name}_text"] = text
+            continue
+        # Strings, and integers (a numeric id is still an id); anything else is a mistake worth naming.
+        is_number = first.is_in(["-", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])
+        is_integer = is_number & ~column.str.contains(r"[.eE]")
+        wrong = ~((first == '"') | is_integer).fill_null(True)
+        if wrong.any():
+            field_errors = pl.select(
+                _append_error(pl.lit(field_errors), wrong, pl.lit(f"{name} must be text, got ") + column)
+            ).to_series()
+            text = pl.select(pl.when(~wrong).then(text)).to_series()
+        out[name] = text
+    out["field_errors"] = field_errors
+    return out
+
+
+def _jsonl_text_frame(lines: pl.DataFrame, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """lines (source_line, raw) -> a text frame."""
+    checked = lines.with_columns(
+        is_json=_query(json_con, "landing_lines", lines.select("raw"), "select json_valid(raw) as ok from landing_lines")
+        .get_column("ok")
+        .fill_null(False)
+    )
+    is_object = pl.col("is_json") & pl.col("raw").str.strip_chars_start().str.starts_with("{")
+    objects = checked.filter(is_object)
+    broken = checked.filter(~is_object)
+    structure = orjson.dumps({name: "JSON" for name in fields}).decode()
+    values = _query(
+        json_con,
+        "landing_objects",
+        objects.select("raw"),
+        f"select unnest(from_json(raw, '{structure}')) from landing_objects",
+    )
+    schema = _text_frame_schema(fields)
+    good = pl.DataFrame(
+        {
+            "source_line": objects.get_column("source_line"),
+            "raw": objects.get_column("raw"),
+            "parse_error": pl.Series([None] * objects.height, dtype=pl.String),
+            "parse_kind": pl.Series([None] * objects.height, dtype=pl.String),
+            **_fields_from_json(values, fields),
+        }
+    ).select(list(schema))
+    bad_lines = broken.get_column("raw").to_list()
+    bad = pl.DataFrame(
+        {
+            "source_line": broken.get_column("source_line"),
+            "raw": broken.get_column("raw"),
+            "parse_error": [_json_problem(line) for line in bad_lines],
+            "parse_kind": ["not_json" if not ok else "not_object" for ok in broken.get_column("is_json").to_list()],
+        },
+        schema={name: schema[name] for name in ("source_line", "raw", "parse_error", "parse_kind")},
+    )
+    return pl.concat([good.cast(schema), bad], how="diagonal_relaxed").select(list(schema)).cast(schema)
+
+
+def _read_jsonl(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> Iterator[pl.DataFrame]:
+    next_line = 1
+    with path.open("rb") as handle:
+        while data := handle.read(JSONL_CHUNK_BYTES):
+            if not data.endswith(b"\n"):
+                data += handle.readline()  # finish the last line: a chunk never splits one
+            text = data.decode("utf-8", errors="replace")
+            if next_line == 1 and text.startswith("\ufeff"):
+                text = text[1:]  # a BOM from a Windows editor is not part of the JSON
+            split = text.split("\n")
+            if split[-1] == "":
+                split.pop()
+            lines = pl.DataFrame(
+                {
+                    "source_line": pl.int_range(next_line, next_line + len(split), eager=True),
+                    "raw": pl.Series(split, dtype=pl.String).str.strip_suffix("\r"),
+                }
+            )
+            next_line += len(split)
+            yield _jsonl_text_frame(lines.filter(pl.col("raw").str.strip_chars() != ""), fields, json_con)
+
+
+def _normalise_properties(texts: pl.Series, json_con: duckdb.DuckDBPyConnection) -> tuple[pl.Series, pl.Series]:
+    """JSON text from a CSV/Parquet column -> (object text as DuckDB minifies it, '{}' when blank, null when
+    not an object; the offending text)."""
+    texts = texts.cast(pl.String)
+    distinct = pl.DataFrame({"text": texts.drop_nulls().unique()}).filter(pl.col("text").str.strip_chars() != "")
+    valid = distinct.with_columns(
+        ok=_query(json_con, "property_texts", distinct, "select json_valid(text) as ok from property_texts")
+        .get_column("ok")
+        .fill_null(False)
+    ).filter("ok")
+    minified = _query(json_con, "property_jsons", valid.select("text"), "select text, json(text)::varchar as minified from property_jsons")
+    objects = minified.filter(pl.col("minified").str.starts_with("{") | (pl.col("minified") == "null"))
+    mapped = texts.replace_strict(
+        objects.get_column("text"),
+        objects.get_column("minified").replace("null", "{}"),
+        default=None,
+        return_dtype=pl.String,
+    )
+    blank = texts.is_null() | (texts.str.strip_chars() == "")
+    properties = pl.select(pl.when(blank).then(pl.lit("{}")).otherwise(mapped)).to_series()
+    offending = pl.select(pl.when(properties.is_null()).then(texts)).to_series()
+    return properties.alias("properties"), offending.alias("properties_text")
+
+
+def _text_frame_from_columns(
+    frame: pl.DataFrame, fields: dict[str, str], source_line: pl.Series, raw: pl.Series, json_con: duckdb.DuckDBPyConnection
+) -> pl.DataFrame:
+    """CSV/Parquet columns (any dtype) -> a text frame."""
+    height = frame.height
+    field_errors = pl.Series("field_errors", [None] * height, dtype=pl.String)
+    out: dict[str, pl.Series] = {
+        "source_line": source_line,
+        "raw": raw,
+        "parse_error": pl.Series([None] * height, dtype=pl.String),
+        "parse_kind": pl.Series([None] * height, dtype=pl.String),
+    }
+    for name, kind in fields.items():
+        column = frame.get_column(name) if name in frame.columns else pl.Series(name, [None] * height, dtype=pl.String)
+        dtype = column.dtype
+        if kind == PROPERTIES:
+            if isinstance(dtype, pl.Struct):
+                column = pl.select(pl.when(column.is_not_null()).then(column.struct.json_encode())).to_series()
+            elif dtype not in (pl.String, pl.Null):
+                column = pl.Series(name, [None if value is None else _json_text(value) for value in column.to_list()], dtype=pl.String)
+            out["properties"], out["properties_text"] = _normalise_properties(column, json_con)
+            continue
+        if isinstance(dtype, pl.Datetime):
+            # A typed timestamp is as good as text with an offset, unless it carries no zone.
+            if dtype.time_zone is not None:
+                column = column.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+            else:
+                column = column.dt.strftime("%Y-%m-%dT%H:%M:%S%.6f")
+        elif dtype == pl.Boolean:
+            column = column.cast(pl.String)
+        elif dtype.is_nested() or dtype == pl.Binary or (dtype.is_float() and kind == TEXT):
+            message = pl.lit(f"{name} must be text, not a {dtype} value")
+            field_errors = pl.select(_append_error(pl.lit(field_errors), column.is_not_null(), message)).to_series()
+            column = pl.Series(name, [None] * height, dtype=pl.String)
+        else:
+            column = column.cast(pl.String)
+        out[f"{name}_text" if kind == FLAG else name] = column
+    out["field_errors"] = field_errors
+    schema = _text_frame_schema(fields)
+    return pl.DataFrame({name: out[name].alias(name) for name in schema}, schema=schema)
+
+
+def _rows_as_json(frame: pl.DataFrame) -> pl.Series:
+    """Each row as a JSON object: the "raw text" of a row that has no line of its own."""
+    if frame.width == 0:
+        return pl.Series("raw", ["{}"] * frame.height, dtype=pl.String)
+    return frame.select(pl.struct(pl.all()).struct.json_encode().alias("raw")).to_series()
+
+
+def _read_csv(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> Iterator[pl.DataFrame]:
+    frame = pl.read_csv(
+        path,
+        infer_schema=False,
+        truncate_ragged_lines=True,
+        encoding="utf8-lossy",
+        missing_utf8_is_empty_string=False,
+    )
+    tidy = {name: name.strip().lower() for name in frame.columns}
+    if len(set(tidy.values())) == len(tidy):
+        frame = frame.rename(tidy)
+    # Pair each record with its physical line; a quoted field spanning lines breaks the pairing,
+    # and then the row itself, as JSON, stands in for its text.
+    physical = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    data_lines = [(number, text) for number, text in enumerate(physical[1:], start=2) if text.strip()]
+    if len(data_lines) == frame.height:
+        source_line = pl.Series("source_line", [number for number, _ in data_lines], dtype=pl.Int64)
+        raw = pl.Series("raw", [text for _, text in data_lines], dtype=pl.String)
+    else:
+        source_line = pl.int_range(2, 2 + frame.height, eager=True).alias("source_line")
+        raw = _rows_as_json(frame)
+    yield _text_frame_from_columns(frame, fields, source_line, raw, json_con)
+
+
+def _read_parquet(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> Iterator[pl.DataFrame]:
+    import pyarrow.parquet as pq
+
+    row_number = 1  # a Parquet "line" is the row's position in the file
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        source_line = pl.int_range(row_number, row_number + frame.height, eager=True).alias("source_line")
+        yield _text_frame_from_columns(frame, fields, source_line, _rows_as_json(frame), json_con)
+        row_number += frame.height
+
+
+READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
+
+
+# --- from text to typed values ----------------------------------------------------------------------
+
+
+def parse_timestamp(text: pl.Expr) -> pl.Expr:
+    """ISO 8601 with offset -> naive UTC; null for anything else (no offset, not a date, 2026-13-01)."""
+    normalised = (
+        text.str.strip_chars()
+        .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T")
+        .str.replace(r"[zZ]$", "+00:00")
+        .str.replace(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})([+-])", "${1}:00${2}")
+        .str.replace(r"([+-]\d{2})$", "${1}:00")
+    )
+    return (
+        normalised.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%z", strict=False, time_unit="us")
+        .dt.convert_time_zone("UTC")
+        .dt.replace_time_zone(None)
+    )
+
+
+def _blank_to_null(column: str) -> pl.Expr:
+    stripped = pl.col(column).str.strip_chars()
+    return pl.when(stripped.str.len_chars() > 0).then(stripped).alias(column)
+
+
+def _parse_flag(column: str) -> pl.Expr:
+    text = pl.col(column).str.strip_chars().str.to_lowercase()
+    return (
+        pl.when(text.is_null() | text.is_in(FALSE_TEXTS))
+        .then(pl.lit(False))
+        .when(text.is_in(TRUE_TEXTS))
+        .then(pl.lit(True))
+        .otherwise(pl.lit(None, dtype=pl.Boolean))
+    )
+
+
+def typed_frame(text_frame: pl.DataFrame, fields: dict[str, str]) -> pl.DataFrame:
+    exprs: list[pl.Expr] = []
+    for name, kind in fields.items():
+        if kind == FLAG:
+            exprs.append(_parse_flag(f"{name}_text").alias(name))
+        elif name in TIMESTAMP_FIELDS:
+            exprs.append(pl.col(name).alias(f"{name}_text"))
+            exprs.append(parse_timestamp(pl.col(name)).alias(name))
+        elif name == "status":
+            exprs.append(_blank_to_null(name).str.to_lowercase())
+        elif kind == TEXT:
+            exprs.append(_blank_to_null(name))
+    return text_frame.with_columns(exprs)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    table: str
+    fields: dict[str, str]
+    validate: Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]
+    columns: tuple[str, ...]
+
+
+EVENTS = _Target(
+    "events",
+    EVENT_FIELDS,
+    validate_events,
+    ("event_id", "contact_id", "name", "occurred_at", "properties", "is_syncing"),
+)
+CONTACTS = _Target(
+    "contacts",
+    CONTACT_FIELDS,
+    validate_contacts,
+    ("contact_id", "email", "status", "first_name", "last_name", "timezone", "properties", "updated_at"),
+)
+
+
+def _incoming(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    con.register(name, frame.to_arrow())
+
+
+def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
+    # The first row of an id wins inside a chunk; against the table, the stored row wins.
+    frame = frame.unique(subset="event_id", keep="first", maintain_order=True)
+    # Keys in order make the primary key's index inserts much cheaper (about twice as fast).
+    _incoming(con, "incoming_events", frame.sort("event_id"))
+    try:
+        inserted = con.execute(
+            """
+            insert into raw.events
+                (event_id, contact_id, name, occurred_at, properties, is_syncing, source_file, source_line, loaded_at)
+            select i.event_id, i.contact_id, i.name, i.occurred_at, i.properties, i.is_syncing,
+                   i.source_file, i.source_line, i.loaded_at
+            from incoming_events as i
+            where not exists (select 1 from raw.events as e where e.event_id = i.event_id)
+            """
+        ).fetchone()
+    finally:
+        con.unregister("incoming_events")
+    return int(inserted[0]) if inserted else 0
+
+
+def _upsert_contacts(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
+    # Newest updated_at per contact; on a tie the earlier line, matching "the stored row wins a tie".
+    frame = frame.sort(["contact_id", "updated_at", "source_line"], descending=[False, True, False]).unique(
+        subset="contact_id", keep="first", maintain_order=True
+    )
+    _incoming(con, "incoming_contacts", frame)
+    try:
+        changed = con.execute(
+            """
+            insert into raw.contacts
+                (contact_id, email, status, first_name, last_name, timezone, properties, updated_at,
+                 source_file, source_line, loaded_at)
+            select i.contact_id, i.email, i.status, i.first_name, i.last_name, i.timezone, i.properties,
+                   i.updated_at, i.source_file, i.source_line, i.loaded_at
+            from incoming_contacts as i
+            where not exists (
+                select 1 from raw.contacts as c where c.contact_id = i.contact_id and c.updated_at >= i.updated_at
+            )
+            on conflict (contact_id) do update set
+                email = excluded.email,
+                status = excluded.status,
+                first_name = excluded.first_name,
+                last_name = excluded.last_name,
+                timezone = excluded.timezone,
+                properties = excluded.properties,
+                updated_at = excluded.updated_at,
+                source_file = excluded.source_file,
+                source_line = excluded.source_line,
+                loaded_at = excluded.loaded_at
+            """
+        ).fetchone()
+    finally:
+        con.unregister("incoming_contacts")
+    return int(changed[0]) if changed else 0
+
+
+def _insert_rejections(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> None:
+    if frame.is_empty():
+        return
+    _incoming(con, "incoming_rejections", frame)
+    try:
+        con.execute(
+            """
+            insert into raw.rejected_rows (source_table, source_file, line, raw, reason, rejected_at)
+            select r.source_table, r.source_file, r.line, r.raw, r.reason, r.rejected_at
+            from incoming_rejections as r
+            where not exists (
+                select 1 from raw.rejected_rows as x
+                where x.source_table = r.source_table
+                  and x.source_file is not distinct from r.source_file
+                  and x.line is not distinct from r.line
+                  and x.raw is not distinct from r.raw
+            )
+            """
+        )
+    finally:
+        con.unregister("incoming_rejections")
+
+
+REJECTIONS_FRAME_SCHEMA = {
+    "source_table": pl.String,
+    "source_file": pl.String,
+    "line": pl.Int32,
+    "raw": pl.String,
+    "reason": pl.String,
+    "rejected_at": pl.Datetime("us"),
+}
+
+
+@dataclass
+class _FileResult:
+    rows_read: int = 0
+    rows_loaded: int = 0
+    rows_duplicate: int = 0
+    rows_rejected: int = 0
+    reject_reasons: Counter[str] = field(default_factory=Counter)
+
+
+def _load_chunk(
+    con: duckdb.DuckDBPyConnection,
+    target: _Target,
+    text_frame: pl.DataFrame,
+    source_file: str,
+    loaded_at: datetime,
+    result: _FileResult,
+) -> None:
+    result.rows_read += text_frame.height
+    unparsed = text_frame.filter(pl.col("parse_error").is_not_null())
+    parsed = typed_frame(text_frame.filter(pl.col("parse_error").is_null()), target.fields)
+    valid, rejections = target.validate(parsed)
+
+    rejected = parsed.select("source_line", "raw").gather(rejections["index"])
+    result.reject_reasons.update(unparsed["parse_kind"].to_list())
+    for kinds in rejections["kinds"].to_list():
+        result.reject_reasons.update(kinds)
+    result.rows_rejected += unparsed.height + rejected.height
+    _insert_rejections(
+        con,
+        pl.concat(
+            [
+                unparsed.select("source_line", "raw", reason="parse_error"),
+                rejected.with_columns(reason=rejections["reason"]),
+            ]
+        ).select(
+            source_table=pl.lit(target.table),
+            source_file=pl.lit(source_file),
+            line=pl.col("source_line").cast(pl.Int32),
+            raw="raw",
+            reason="reason",
+            rejected_at=pl.lit(loaded_at, dtype=pl.Datetime("us")),
+        ),
+    )
+
+    if valid.is_empty():
+        return
+    rows = valid.select(
+        *target.columns,
+        source_file=pl.lit(source_file),
+        source_line=pl.col("source_line").cast(pl.Int32),
+        loaded_at=pl.lit(loaded_at, dtype=pl.Datetime("us")),
+    )
+    written = _insert_events(con, rows) if target is EVENTS else _upsert_contacts(con, rows)
+    result.rows_loaded += written
+    result.rows_duplicate += valid.height - written
+
+
+def landing_files(folder: Path) -> list[Path]:
+    """Loadable files under `folder`, oldest name first; dotfiles and _partial files are still being written."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in LANDING_SUFFIXES
+        and not any(part.startswith((".", "_")) for part in path.relative_to(folder).parts)
+    )
+
+
+def _already_loaded(con: duckdb.DuckDBPyConnection, table: str, path: str, size: int, mtime_ns: int) -> bool:
+    return (
+        con.execute(
+            "select 1 from raw.loaded_files where source_table = ? and path = ? and size = ? and mtime_ns = ? limit 1",
+            [table, path, size, mtime_ns],
+        ).fetchone()
+        is not None
+    )
+
+
+def _record_file(
+    con: duckdb.DuckDBPyConnection, table: str, path: str, size: int, mtime_ns: int, result: _FileResult, loaded_at: datetime
+) -> None:
+    con.execute(
+        "insert into raw.loaded_files (source_table, path, size, mtime_ns, rows_loaded, rows_rejected, loaded_at) "
+        "values (?, ?, ?, ?, ?, ?, ?)",
+        [table, path, size, mtime_ns, result.rows_loaded, result.rows_rejected, loaded_at],
+    )
+
+
+# Reading a file can fail as a whole (a corrupt Parquet footer, bytes that are no CSV). Only the
+# readers are guarded by these: a failure while checking or writing rows is a bug and must surface.
+_UNREADABLE_FILE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, pl.exceptions.PolarsError)
+try:
+    import pyarrow
+
+    _UNREADABLE_FILE_ERRORS += (pyarrow.ArrowException,)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _ingest(con: duckdb.DuckDBPyConnection, landing_dir: Path, target: _Target, loaded_at: datetime | None) -> IngestReport:
+    ensure_raw_tables(con)
+    report = IngestReport(table=target.table)
+    loaded_at = (loaded_at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    # Parsing gets its own in-memory connection, so the warehouse's transactions hold only writes.
+    with duckdb.connect() as json_con:
+        for path in landing_files(Path(landing_dir) / target.table):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # moved away between listing and reading
+            source_file = str(path.resolve())
+            if _already_loaded(con, target.table, source_file, stat.st_size, stat.st_mtime_ns):
+                report.files_skipped += 1
+                continue
+            result = _load_file(con, json_con, target, path, source_file, stat.st_size, stat.st_mtime_ns, loaded_at)
+            report.files_loaded += 1
+            report.rows_read += result.rows_read
+            report.rows_loaded += result.rows_loaded
+            report.rows_duplicate += result.rows_duplicate
+            report.rows_rejected += result.rows_rejected
+            report.reject_reasons.update(result.reject_reasons)
+    return report
+
+
+def _load_file(
+    con: duckdb.DuckDBPyConnection,
+    json_con: duckdb.DuckDBPyConnection,
+    target: _Target,
+    path: Path,
+    source_file: str,
+    size: int,
+    mtime_ns: int,
+    loaded_at: datetime,
+) -> _FileResult:
+    """One file, one transaction: its rows, its rejections and its loaded_files entry land together."""
+    reader = READERS[LANDING_SUFFIXES[path.suffix.lower()]]
+    result = _FileResult()
+    con.begin()
+    try:
+        chunks = reader(path, target.fields, json_con)
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except _UNREADABLE_FILE_ERRORS as error:
+                con.rollback()
+                return _unreadable_file(con, target.table, source_file, error, size, mtime_ns, loaded_at)
+            if chunk is None:
+                break
+            _load_chunk(con, target, chunk, source_file, loaded_at, result)
+        _record_file(con, target.table, source_file, size, mtime_ns, result, loaded_at)
+        con.commit()
+    except BaseException:
+        _rollback_if_open(con)
+        raise
+    return result
+
+
+def _rollback_if_open(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.rollback()
+    except duckdb.TransactionException:
+        pass  # already rolled back: keep the error that brought us here
+
+
+def _unreadable_file(
+    con: duckdb.DuckDBPyConnection, table: str, source_file: str, error: BaseException, size: int, mtime_ns: int, loaded_at: datetime
+) -> _FileResult:
+    """The whole file is one rejection; it is recorded so it is retried only once it changes."""
+    result = _FileResult(rows_read=1, rows_rejected=1, reject_reasons=Counter({"unreadable_file": 1}))
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    con.begin()
+    try:
+        _insert_rejections(
+            con,
+            pl.DataFrame(
+                {
+                    "source_table": [table],
+                    "source_file": [source_file],
+                    "line": [None],
+                    "raw": [None],
+                    "reason": [f"the file could not be read ({type(error).__name__}: {message}); fix or replace it"],
+                    "rejected_at": [loaded_at],
+                },
+                schema=REJECTIONS_FRAME_SCHEMA,
+            ),
+        )
+        _record_file(con, table, source_file, size, mtime_ns, result, loaded_at)
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return result
+
+
+def ingest_events(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, loaded_at: datetime | None = None) -> IngestReport:
+    """Load new or changed files under `landing_dir/events` into raw.events."""
+    return _ingest(con, landing_dir, EVENTS, loaded_at)
+
+
+def ingest_contacts(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, loaded_at: datetime | None = None) -> IngestReport:
+    """Load new or changed files under `landing_dir/contacts` into raw.contacts (newest updated_at wins)."""
+    return _ingest(con, landing_dir, CONTACTS, loaded_at)
+
+
+# --- Dagster -----------------------------------------------------------------------------------------
+
+EVENTS_KEY = dg.AssetKey(["raw", "events"])
+CONTACTS_KEY = dg.AssetKey(["raw", "contacts"])
+REJECT_SHARE_CHECK = "reject_share_within_limit"
+
+
+class LandingFiles(dg.ConfigurableResource):
+    """The folder the product drops its events/ and contacts/ files into."""
+
+    path: str
+    max_reject_share: float = 0.05
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.path)
+
+
+def _reject_share_spec(key: dg.AssetKey) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        REJECT_SHARE_CHECK,
+        asset=key,
+        description="The share of rows rejected by this load stays within the landing resource's max_reject_share.",
+    )
+
+
+def _top_reasons(report: IngestReport, limit: int = 5) -> str:
+    if not report.reject_reasons:
+        return "none"
+    return "\n".join(f"- {kind}: {count}" for kind, count in report.reject_reasons.most_common(limit))
+
+
+def materialize_result(report: IngestReport, row_count: int, max_reject_share: float) -> dg.MaterializeResult:
+    passed = report.reject_share <= max_reject_share
+    share_text = (
+        f"{report.reject_share:.2%} of the {report.rows_read} rows read were rejected "
+        f"(limit {max_reject_share:.2%})"
+    )
+    description = share_text if passed else (
+        f"{share_text}: see raw.rejected_rows where source_table = '{report.table}' for the reasons"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "files_loaded": report.files_loaded,
+            "files_skipped": report.files_skipped,
+            "rows_read": report.rows_read,
+            "rows_loaded": report.rows_loaded,
+            "rows_duplicate": report.rows_duplicate,
+            "rows_rejected": report.rows_rejected,
+            "reject_share": dg.MetadataValue.float(report.reject_share),
+            "top_reject_reasons": dg.MetadataValue.md(_top_reasons(report)),
+            "table_row_count": row_count,
+            "dagster/row_count": row_count,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=REJECT_SHARE_CHECK,
+                passed=passed,
+                description=description,
+                metadata={
+                    "reject_share": dg.MetadataValue.float(report.reject_share),
+                    "max_reject_share": dg.MetadataValue.float(max_reject_share),
+                    "rows_rejected": report.rows_rejected,
+                    "rows_read": report.rows_read,
+                },
+            )
+        ],
+    )
+
+
+def _run_ingest(
+    context: AssetExecutionContext,
+    warehouse: Warehouse,
+    landing: LandingFiles,
+    ingest: Callable[[duckdb.DuckDBPyConnection, Path], IngestReport],
+) -> dg.MaterializeResult:
+    with warehouse.connect() as con:
+        ensure_raw_tables(con)
+        report = ingest(con, landing.directory)
+        row = con.execute(f"select count(*) from raw.{report.table}").fetchone()
+    row_count = int(row[0]) if row else 0
+    context.log.info(
+        f"raw.{report.table}: {report.files_loaded} files loaded, {report.files_skipped} unchanged; "
+        f"{report.rows_loaded} rows loaded, {report.rows_duplicate} duplicates, {report.rows_rejected} rejected"
+    )
+    return materialize_result(report, row_count, landing.max_reject_share)
+
+
+@dg.asset(
+    key=EVENTS_KEY,
+    group_name="ingest",
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "polars"},
+    check_specs=[_reject_share_spec(EVENTS_KEY)],
+    description="The product's events from landing files (JSONL, CSV, Parquet), deduplicated by event_id.",
+)
+def raw_events(context: AssetExecutionContext, warehouse: Warehouse, landing: LandingFiles) -> dg.MaterializeResult:
+    return _run_ingest(context, warehouse, landing, ingest_events)
+
+
+@dg.asset(
+    key=CONTACTS_KEY,
+    group_name="ingest",
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "polars"},
+    check_specs=[_reject_share_spec(CONTACTS_KEY)],
+    description="Contacts from landing files; a row replaces the stored one only when its updated_at is newer.",
+)
+def raw_contacts(context: AssetExecutionContext, warehouse: Warehouse, landing: LandingFiles) -> dg.MaterializeResult:
+    return _run_ingest(context, warehouse, landing, ingest_contacts)
+
+
+INGEST_ASSETS = [raw_events, raw_contacts]

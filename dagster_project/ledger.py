@@ -1,0 +1,191 @@
+"""The ledger, nudge.messages: one row per automation and trigger key.
+
+It is the memory that makes sending exactly-once. A row is written *before* a
+message is handed to a backend (claimed: `pending`) and marked after (`sent`,
+`failed`), in small batches, so a crash leaves at most one batch whose fate is
+unclear, and that batch is visible as `pending` on the next run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import duckdb
+import pyarrow as pa
+
+LEDGER_TABLE = "nudge.messages"
+MAX_ATTEMPTS = 3
+
+
+class Status(StrEnum):
+    PENDING = "pending"  # claimed, not yet handed over (or the process died before we knew)
+    SENT = "sent"
+    FAILED = "failed"  # reason "temporary" is retried on later ticks, "rejected" is final
+    SKIPPED = "skipped"
+    HELD_OUT = "held_out"  # the control group: decided, recorded, never sent
+    UNKNOWN = "unknown"  # a crash left it unclear whether the backend took it; never resent blindly
+
+
+class Reason(StrEnum):
+    NOT_SUBSCRIBED = "not_subscribed"
+    NO_EMAIL = "no_email"
+    UNKNOWN_CONTACT = "unknown_contact"
+    STALE = "stale"
+    REENTRY = "reentry"
+    TEMPLATE_ERROR = "template_error"
+    TEMPORARY = "temporary"
+    REJECTED = "rejected"
+    INTERRUPTED = "interrupted"
+
+
+# Statuses that mean "this contact entered the automation", for re-entry rules.
+ENTERED = (Status.SENT, Status.PENDING, Status.UNKNOWN, Status.HELD_OUT)
+
+DDL = f"""
+create schema if not exists nudge;
+create table if not exists {LEDGER_TABLE} (
+    automation   varchar   not null,
+    trigger_key  varchar   not null,
+    contact_id   varchar   not null,
+    email        varchar,
+    message_id   varchar   not null,
+    status       varchar   not null,
+    reason       varchar,
+    error        varchar,
+    attempts     integer   not null default 0,
+    qualified_at timestamp,
+    due_at       timestamp,
+    decided_at   timestamp not null,
+    sent_at      timestamp,
+    updated_at   timestamp not null,
+    subject      varchar,
+    primary key (automation, trigger_key)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A decision about one qualification, as it enters the ledger."""
+
+    automation: str
+    trigger_key: str
+    contact_id: str
+    email: str | None
+    message_id: str
+    status: str
+    reason: str | None
+    error: str | None
+    qualified_at: datetime | None
+    due_at: datetime | None
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a claimed message."""
+
+    automation: str
+    trigger_key: str
+    status: str
+    reason: str | None = None
+    error: str | None = None
+
+
+def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(DDL)
+
+
+def _frame(rows: Sequence[object]) -> pa.Table:
+    return pa.Table.from_pylist([asdict(row) for row in rows])  # type: ignore[call-overload]
+
+
+def record(con: duckdb.DuckDBPyConnection, entries: Sequence[Entry], *, as_of: datetime, now: datetime) -> None:
+    """Write decisions; a retried `failed` row is overwritten, its attempts kept."""
+    if not entries:
+        return
+    incoming = _frame(entries)  # noqa: F841  (read by DuckDB by name)
+    con.execute(
+        f"""
+        insert into {LEDGER_TABLE}
+            (automation, trigger_key, contact_id, email, message_id, status, reason, error,
+             attempts, qualified_at, due_at, decided_at, sent_at, updated_at, subject)
+        select automation, trigger_key, contact_id, email, message_id, status, reason, error,
+               0, qualified_at, due_at, $as_of, null, $now, subject
+        from incoming
+        on conflict (automation, trigger_key) do update set
+            contact_id = excluded.contact_id,
+            email = excluded.email,
+            status = excluded.status,
+            reason = excluded.reason,
+            error = excluded.error,
+            subject = excluded.subject,
+            updated_at = excluded.updated_at
+        """,
+        {"as_of": as_of, "now": now},
+    )
+
+
+def mark(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome], *, as_of: datetime, now: datetime) -> None:
+    """Record what the backend said about claimed messages; every answer is an attempt."""
+    if not outcomes:
+        return
+    outcome = _frame(outcomes)  # noqa: F841
+    con.execute(
+        f"""
+        update {LEDGER_TABLE} as m set
+            status = o.status,
+            reason = o.reason,
+            error = o.error,
+            attempts = m.attempts + 1,
+            sent_at = case when o.status = 'sent' then $as_of else m.sent_at end,
+            updated_at = $now
+        from outcome as o
+        where m.automation = o.automation and m.trigger_key = o.trigger_key
+        """,
+        {"as_of": as_of, "now": now},
+    )
+
+
+def mark_interrupted(
+    con: duckdb.DuckDBPyConnection, automation: str, trigger_keys: Sequence[str], *, now: datetime
+) -> int:
+    """Claims left `pending` by a run that died: the backend may or may not have them."""
+    if not trigger_keys:
+        return 0
+    con.execute(
+        f"""
+        update {LEDGER_TABLE} set
+            status = 'unknown',
+            reason = 'interrupted',
+            error = 'claimed by a run that stopped before the backend answered; not resent because '
+                 || 'this backend cannot deduplicate',
+            updated_at = $now
+        where automation = $automation and status = 'pending' and list_contains($keys, trigger_key)
+        """,
+        {"automation": automation, "keys": list(trigger_keys), "now": now},
+    )
+    return len(trigger_keys)
+
+
+def pending_keys(con: duckdb.DuckDBPyConnection, automation: str) -> list[str]:
+    rows = con.execute(
+        f"select trigger_key from {LEDGER_TABLE} where automation = ? and status = 'pending' order by trigger_key",
+        [automation],
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def status_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str | None, int]]:
+    """(automation, status, reason, count), for summaries and `nudge status`."""
+    return con.execute(
+        f"""
+        select automation, status, reason, count(*)
+        from {LEDGER_TABLE}
+        group by all
+        order by automation, status, reason nulls first
+        """
+    ).fetchall()

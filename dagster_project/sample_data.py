@@ -1,0 +1,657 @@
+"""Sample landing files for a small fitness-and-shop app.
+
+The data is a function of its arguments: one `random.Random(seed)` drives every
+choice and `end` is the only clock, so the same call writes byte-identical
+files. Contacts are simulated one at a time and their events streamed straight
+into per-day files, so memory stays flat however many contacts are asked for.
+
+What the demo needs is planted on purpose: sign-ups in the last two days, carts
+left between one and 24 hours before `end` (and older, stale ones), imported
+history flagged `is_syncing`, timestamps in local offsets, and a few realistic
+bad rows and exact duplicates that ingestion must reject or dedupe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Literal
+from zoneinfo import ZoneInfo
+
+import orjson
+
+DEFAULT_END = datetime(2026, 11, 1, tzinfo=UTC)
+
+EventFormat = Literal["jsonl", "csv", "parquet"]
+EVENT_FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet")
+EVENT_COLUMNS = ("event_id", "contact_id", "name", "occurred_at", "properties", "is_syncing")
+
+# (display name, ascii form for the email address)
+FIRST_NAMES = (
+    ("Anna", "anna"), ("Ben", "ben"), ("Clara", "clara"), ("David", "david"), ("Emma", "emma"),
+    ("Felix", "felix"), ("Grace", "grace"), ("Hannah", "hannah"), ("Ivan", "ivan"), ("Julia", "julia"),
+    ("Kenji", "kenji"), ("Liam", "liam"), ("Mia", "mia"), ("Noah", "noah"), ("Olivia", "olivia"),
+    ("Priya", "priya"), ("Sam", "sam"), ("Tom", "tom"), ("José", "jose"), ("Zoë", "zoe"),
+    ("Chloé", "chloe"), ("Søren", "soren"), ("Wei", "wei"), ("Aiko", "aiko"),
+)
+LAST_NAMES = (
+    ("Smith", "smith"), ("Johnson", "johnson"), ("Brown", "brown"), ("Garcia", "garcia"),
+    ("Miller", "miller"), ("Davis", "davis"), ("Wilson", "wilson"), ("Taylor", "taylor"),
+    ("Schmidt", "schmidt"), ("Tanaka", "tanaka"), ("Nguyen", "nguyen"), ("Kowalski", "kowalski"),
+    ("Müller", "mueller"), ("Núñez", "nunez"), ("李", "li"), ("O'Neil", "oneil"),
+)
+# (IANA name, a city there, weight); the empty name is a contact whose app never sent one.
+TIMEZONES = (
+    ("Europe/Berlin", "Berlin", 20),
+    ("America/New_York", "New York", 22),
+    ("Asia/Tokyo", "Tokyo", 10),
+    ("America/Los_Angeles", "Los Angeles", 16),
+    ("Europe/London", "London", 17),
+    ("Australia/Sydney", "Sydney", 10),
+    ("", "Springfield", 5),
+)
+WORKOUT_TYPES = ("run", "ride", "yoga", "strength", "swim")
+# kcal per minute, roughly, so calories look plausible next to the duration
+WORKOUT_BURN = {"run": 11, "ride": 9, "yoga": 4, "strength": 7, "swim": 10}
+PLAN_LIMITS = ("workouts_per_week", "saved_routes", "training_plans")
+PREMIUM_FEATURES = ("training_plans", "heart_rate_zones", "offline_maps", "coach_chat")
+SIGNUP_SOURCES = ("organic", "referral", "instagram", "search")
+PLATFORMS = ("ios", "android", "web")
+
+_PRODUCTS = (
+    ("Trail Running Shoes", "footwear", 119.0), ("Road Running Shoes", "footwear", 99.0),
+    ("Yoga Mat", "equipment", 39.5), ("Foam Roller", "equipment", 24.99),
+    ("Resistance Bands", "equipment", 19.99), ("Kettlebell 12 kg", "equipment", 54.0),
+    ("Adjustable Dumbbells", "equipment", 189.0), ("Jump Rope", "equipment", 12.5),
+    ("Swim Goggles", "swim", 22.0), ("Swim Cap", "swim", 9.99),
+    ("Cycling Gloves", "cycling", 29.0), ("Bike Bottle Cage", "cycling", 14.0),
+    ("Heart Rate Strap", "electronics", 79.99), ("GPS Watch", "electronics", 249.0),
+    ("Wireless Earbuds", "electronics", 129.0), ("Running Jacket", "apparel", 89.0),
+    ("Compression Tights", "apparel", 59.0), ("Sports Bra", "apparel", 39.0),
+    ("Training T-Shirt", "apparel", 25.0), ("Merino Socks", "apparel", 16.0),
+    ("Whey Protein 1 kg", "nutrition", 34.9), ("Energy Gels (12)", "nutrition", 21.0),
+    ("Electrolyte Tabs", "nutrition", 8.5), ("Protein Bars (10)", "nutrition", 19.0),
+    ("Shaker Bottle", "accessories", 9.0), ("Gym Bag", "accessories", 45.0),
+    ("Microfibre Towel", "accessories", 15.0), ("Phone Armband", "accessories", 17.5),
+    ("Massage Gun", "recovery", 149.0), ("Recovery Slides", "recovery", 35.0),
+)
+CATALOGUE = tuple(
+    {"product_id": f"p_{index:03d}", "name": name, "category": category, "price": price}
+    for index, (name, category, price) in enumerate(_PRODUCTS, start=1)
+)
+
+# How often a contact opens the app on a given day, by engagement (share of contacts, probability).
+ENGAGEMENT = ((0.25, 0.03), (0.45, 0.25), (0.25, 0.6), (0.05, 0.9))
+IMPORTED_SHARE = 0.15  # contacts who signed up before the window: their history arrives as a sync
+CHURN_SHARE = 0.3  # contacts who stop using the app at some point in the window
+BAD_ROW_RATE = 0.002
+DUPLICATE_RATE = 0.001
+SUPERSEDED_CONTACT_RATE = 0.01
+
+EVENT_BAD_KINDS = (
+    "not_json",
+    "truncated",
+    "missing_event_id",
+    "missing_contact_id",
+    "missing_name",
+    "occurred_at_yesterday",
+    "occurred_at_without_offset",
+    "properties_not_object",
+)
+# Lines that only exist as text: Parquet cannot hold them.
+TEXT_ONLY_BAD_KINDS = frozenset({"not_json", "truncated"})
+CONTACT_BAD_KINDS = ("invalid_email", "unknown_status", "missing_contact_id", "updated_at_without_offset")
+
+_MASK64 = (1 << 64) - 1
+_ORDER_SALT = 0x5DEECE66D
+
+
+def _mix64(value: int) -> int:
+    """splitmix64's finalizer: a bijection, so distinct counters give distinct, random-looking ids."""
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+@lru_cache(maxsize=4096)
+def _date_text(epoch_day: int) -> str:
+    return (datetime(1970, 1, 1) + timedelta(days=epoch_day)).strftime("%Y-%m-%d")
+
+
+@lru_cache(maxsize=256)
+def _offset_suffix(offset_seconds: int) -> str:
+    if offset_seconds == 0:
+        return "Z"
+    sign = "+" if offset_seconds > 0 else "-"
+    hours, minutes = divmod(abs(offset_seconds) // 60, 60)
+    return f"{sign}{hours:02d}:{minutes:02d}"
+
+
+@lru_cache(maxsize=65536)
+def _utc_offset(timezone_name: str, epoch_day: int) -> int:
+    """The zone's offset at noon UTC of that day: close enough for a sample, and real (DST included)."""
+    if not timezone_name:
+        return 0
+    noon = datetime(1970, 1, 1, 12, tzinfo=UTC) + timedelta(days=epoch_day)
+    offset = noon.astimezone(ZoneInfo(timezone_name)).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+def format_timestamp(epoch_seconds: int, offset_seconds: int = 0, *, millis: int | None = None, z: bool = True) -> str:
+    """ISO 8601 with an explicit offset, the way a client in that offset would write it."""
+    local = epoch_seconds + offset_seconds
+    epoch_day, seconds = divmod(local, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    fraction = f".{millis:03d}" if millis is not None else ""
+    suffix = _offset_suffix(offset_seconds) if (z or offset_seconds) else "+00:00"
+    return f"{_date_text(epoch_day)}T{hours:02d}:{minutes:02d}:{seconds:02d}{fraction}{suffix}"
+
+
+@dataclass
+class GenerationSummary:
+    out_dir: Path
+    contacts: int = 0
+    contact_rows: int = 0  # lines in the contacts file: one per contact, plus superseded versions and bad rows
+    superseded_contact_rows: int = 0
+    events: int = 0  # distinct, valid events written
+    events_by_name: Counter[str] = field(default_factory=Counter)
+    bad_event_rows: int = 0
+    bad_contact_rows: int = 0
+    bad_rows_by_kind: Counter[str] = field(default_factory=Counter)
+    duplicate_event_rows: int = 0
+    signups_last_48h: int = 0
+    open_carts_1_to_24h: int = 0
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def bad_rows(self) -> int:
+        return self.bad_event_rows + self.bad_contact_rows
+
+    @property
+    def event_rows(self) -> int:
+        """Every row written to the event files."""
+        return self.events + self.bad_event_rows + self.duplicate_event_rows
+
+    def describe(self) -> str:
+        by_name = ", ".join(f"{name} {count}" for name, count in sorted(self.events_by_name.items()))
+        return "\n".join(
+            [
+                f"Sample data in {self.out_dir}",
+                f"  contacts: {self.contacts} ({self.contact_rows} rows, {self.superseded_contact_rows} older versions)",
+                f"  events: {self.events} ({by_name})",
+                f"  bad rows: {self.bad_rows} ({self.bad_event_rows} events, {self.bad_contact_rows} contacts), "
+                f"duplicate event rows: {self.duplicate_event_rows}",
+                f"  sign-ups in the last 48h: {self.signups_last_48h}, "
+                f"open carts last touched 1-24h before the end: {self.open_carts_1_to_24h}",
+                f"  files written: {len(self.files)}",
+            ]
+        )
+
+
+# An event on its way to a file: (event_id, contact_id, name, occurred_at, properties JSON text | None, is_syncing)
+EventRow = tuple[str, str, str, str, str | None, bool]
+
+
+class _EventSink:
+    """One day's events file in one format; rows arrive in simulation order."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self._handle: IO[str] | None = None
+        self._csv = None
+        self._columns: list[list] | None = None
+        self._parquet_writer = None
+        if fmt == "jsonl":
+            self._handle = path.open("w", encoding="utf-8", newline="\n", buffering=1 << 20)
+        elif fmt == "csv":
+            self._handle = path.open("w", encoding="utf-8", newline="", buffering=1 << 20)
+            self._csv = csv.writer(self._handle, lineterminator="\n")
+            self._csv.writerow(EVENT_COLUMNS)
+        else:
+            self._columns = [[] for _ in EVENT_COLUMNS]
+
+    def write(self, row: EventRow) -> None:
+        if self._columns is not None:
+            for column, value in zip(self._columns, row):
+                column.append(value)
+            if len(self._columns[0]) >= 250_000:
+                self._flush_parquet()
+        elif self._csv is not None:
+            self._csv.writerow((*row[:4], row[4] or "", "true" if row[5] else ""))
+        else:
+            assert self._handle is not None
+            self._handle.write(jsonl_line(row))
+
+    def write_fields(self, fields: dict) -> None:
+        """A row with fields missing or of the wrong kind (a bad row)."""
+        if self._columns is not None:
+            row = tuple(fields.get(name) for name in EVENT_COLUMNS[:4]) + (
+                orjson.dumps(fields["properties"]).decode() if "properties" in fields else None,
+                bool(fields.get("is_syncing", False)),
+            )
+            self.write(row)  # type: ignore[arg-type]
+        elif self._csv is not None:
+            properties = orjson.dumps(fields["properties"]).decode() if "properties" in fields else ""
+            self._csv.writerow(
+                (*(fields.get(name, "") for name in EVENT_COLUMNS[:4]), properties, "true" if fields.get("is_syncing") else "")
+            )
+        else:
+            assert self._handle is not None
+            self._handle.write(orjson.dumps(fields).decode() + "\n")
+
+    def write_text(self, text: str) -> bool:
+        """A raw line (not JSON, cut short); formats without lines cannot hold one."""
+        if self._columns is not None:
+            return False
+        assert self._handle is not None
+        self._handle.write(text + "\n")
+        return True
+
+    def _flush_parquet(self) -> None:
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        assert self._columns is not None
+        frame = pl.DataFrame(
+            dict(zip(EVENT_COLUMNS, self._columns)),
+            schema={name: (pl.Boolean if name == "is_syncing" else pl.String) for name in EVENT_COLUMNS},
+        )
+        table = frame.to_arrow()
+        if self._parquet_writer is None:
+            self._parquet_writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._parquet_writer.write_table(table)
+        self._columns = [[] for _ in EVENT_COLUMNS]
+
+    def close(self) -> None:
+        if self._columns is not None:
+            if self._columns[0] or self._parquet_writer is None:
+                self._flush_parquet()
+            self._parquet_writer.close()
+        elif self._handle is not None:
+            self._handle.close()
+
+
+def jsonl_line(row: EventRow) -> str:
+    event_id, contact_id, name, occurred_at, properties, is_syncing = row
+    # Ids, names and timestamps are plain ASCII we made ourselves: no escaping needed, and orjson
+    # already wrote the properties, so this is much faster than dumping a dict per event.
+    line = f'{{"event_id":"{event_id}","contact_id":"{contact_id}","name":"{name}","occurred_at":"{occurred_at}"'
+    if properties is not None:
+        line += f',"properties":{properties}'
+    if is_syncing:
+        line += ',"is_syncing":true'
+    return line + "}\n"
+
+
+class _Simulation:
+    def __init__(self, out_dir: Path, *, contacts: int, days: int, end: datetime, seed: int, bad_rows: bool, fmt: str):
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.out_dir = out_dir
+        self.contacts = contacts
+        self.end_ts = int(end.timestamp())
+        self.start_ts = self.end_ts - days * 86400
+        self.bad_rows = bad_rows
+        self.fmt = fmt
+        self.summary = GenerationSummary(out_dir=out_dir)
+        self.sinks: dict[str, _EventSink] = {}
+        self.event_seq = 0
+        self.order_seq = 0
+        self.bad_kind_turn = 0
+        self.id_width = max(6, len(str(contacts + len(CONTACT_BAD_KINDS))))
+        self.timezone_names = [name for name, _, _ in TIMEZONES]
+        self.timezone_weights = [weight for _, _, weight in TIMEZONES]
+        self.cities = {name: city for name, city, _ in TIMEZONES}
+
+    # ids -------------------------------------------------------------------------------------
+    def next_event_id(self) -> str:
+        self.event_seq += 1
+        return f"e_{_mix64(((self.seed & 0xFFFFFF) << 40) | self.event_seq):016x}"
+
+    def next_order_id(self) -> str:
+        self.order_seq += 1
+        return f"o_{_mix64((((self.seed & 0xFFFFFF) << 40) | self.order_seq) ^ _ORDER_SALT):016x}"
+
+    def contact_id(self, index: int) -> str:
+        return f"c_{index:0{self.id_width}d}"
+
+    # files -----------------------------------------------------------------------------------
+    def sink_for(self, epoch_seconds: int) -> _EventSink:
+        day = _date_text(epoch_seconds // 86400)
+        sink = self.sinks.get(day)
+        if sink is None:
+            path = self.out_dir / "events" / f"events-{day}.{self.fmt}"
+            sink = self.sinks[day] = _EventSink(path, self.fmt)
+        return sink
+
+    # one contact -----------------------------------------------------------------------------
+    def simulate_contact(self, index: int, contacts_out: IO[str]) -> None:
+        rng = self.rng
+        contact_id = self.contact_id(index)
+        first, first_ascii = rng.choice(FIRST_NAMES)
+        last, last_ascii = rng.choice(LAST_NAMES)
+        timezone_name = rng.choices(self.timezone_names, self.timezone_weights)[0]
+        draw = rng.random()
+        has_email = draw >= 0.02
+        status = (
+            "subscribed" if draw < 0.87 else "unsubscribed" if draw < 0.94 else "cleaned" if draw < 0.97 else "pending"
+        )
+        plan = "premium" if rng.random() < 0.2 else "free"
+        draw = rng.random()
+        # A client SDK formats every timestamp the same way: most in UTC, some in the user's offset.
+        style = "z" if draw < 0.6 else "utc" if draw < 0.7 else "millis" if draw < 0.8 else "local"
+        if style == "local" and not timezone_name:
+            style = "z"
+
+        imported = rng.random() < IMPORTED_SHARE
+        if imported:
+            signup_ts = self.start_ts - rng.randint(1, 180) * 86400 - rng.randrange(86400)
+        else:
+            signup_ts = self.start_ts + rng.randrange(self.end_ts - self.start_ts)
+        draw = rng.random()
+        daily_probability = ENGAGEMENT[-1][1]
+        for share, probability in ENGAGEMENT:
+            if draw < share:
+                daily_probability = probability
+                break
+            draw -= share
+        active_until = self.end_ts
+        if rng.random() < CHURN_SHARE:
+            begin = max(signup_ts, self.start_ts)
+            active_until = begin + rng.randrange(max(1, self.end_ts - begin))
+        # The hour people open a fitness app, in their own day (7:00-22:00), moved to UTC.
+        local_offset_hours = _utc_offset(timezone_name, self.end_ts // 86400) // 3600
+
+        events: list[tuple[int, str, dict | None]] = []
+        history: list[tuple[int, str, dict | None]] = []
+        timeline = history if imported else events
+        timeline.append((signup_ts, "signed_up", {"source": rng.choice(SIGNUP_SOURCES)}))
+        if rng.random() < 0.6:
+            timeline.append((signup_ts + rng.randint(-1800, 7200), "app_installed", {"platform": rng.choice(PLATFORMS)}))
+        if imported:
+            for _ in range(rng.randint(0, 3)):
+                moment = signup_ts + rng.randrange(max(1, self.start_ts - signup_ts))
+                if rng.random() < 0.5:
+                    history.append((moment, "logged_in", None))
+                else:
+                    history.append((moment, "workout_completed", self.workout()))
+        plan_changed_ts = signup_ts
+        carts: list[tuple[int, bool]] = []  # (last add, purchased in the window)
+
+        first_day = max(signup_ts, self.start_ts) // 86400
+        last_day = (self.end_ts - 1) // 86400
+        for epoch_day in range(first_day, last_day + 1):
+            if rng.random() >= daily_probability:
+                continue
+            local_hour = rng.randint(7, 22)
+            session = epoch_day * 86400 + ((local_hour - local_offset_hours) % 24) * 3600 + rng.randrange(3600)
+            if session < signup_ts or session >= active_until:
+                continue
+            events.append((session, "logged_in", {"platform": rng.choice(PLATFORMS)} if rng.random() < 0.5 else None))
+            moment = session
+            if rng.random() < 0.6:
+                moment += rng.randint(600, 4800)
+                events.append((moment, "workout_completed", self.workout()))
+            if plan == "free" and rng.random() < 0.08:
+                moment += rng.randint(30, 600)
+                events.append((moment, "plan_limit_reached", {"limit": rng.choice(PLAN_LIMITS)}))
+                if rng.random() < 0.15:
+                    moment += rng.randint(60, 900)
+                    plan, plan_changed_ts = "premium", moment
+                    events.append((moment, "plan_upgraded", {"plan": "premium"}))
+            elif plan == "premium" and rng.random() < 0.4:
+                moment += rng.randint(30, 900)
+                events.append((moment, "premium_feature_used", {"feature": rng.choice(PREMIUM_FEATURES)}))
+            if rng.random() < 0.25:
+                moment = self.shop(moment, events, carts)
+
+        self.write_events(contact_id, timezone_name, style, history, syncing=True)
+        self.write_events(contact_id, timezone_name, style, events, syncing=False)
+        if not imported and self.end_ts - 48 * 3600 <= signup_ts < self.end_ts:
+            self.summary.signups_last_48h += 1
+        for last_add, purchased in carts:
+            if not purchased and self.end_ts - 24 * 3600 <= last_add <= self.end_ts - 3600:
+                self.summary.open_carts_1_to_24h += 1
+
+        updated_ts = max(plan_changed_ts, signup_ts) + rng.randint(0, 3600)
+        updated_ts = min(updated_ts, self.end_ts - 1)
+        record = {
+            "contact_id": contact_id,
+            "email": f"{first_ascii}.{last_ascii}{index}@example.com" if has_email else ("" if index % 2 else None),
+            "status": status,
+            "first_name": first,
+            "last_name": last,
+            "timezone": timezone_name,
+            "properties": {"plan": plan, "city": self.cities[timezone_name]},
+            "updated_at": self.timestamp(updated_ts, timezone_name, style),
+        }
+        if record["email"] is None:
+            del record["email"]
+        contacts_out.write(orjson.dumps(record).decode() + "\n")
+        self.summary.contacts += 1
+        self.summary.contact_rows += 1
+        if rng.random() < SUPERSEDED_CONTACT_RATE:
+            # A CRM export that also lists an older version, after the newer one: newest must win, not last.
+            older = dict(record, properties={"plan": "free", "city": "Old Town"})
+            older["updated_at"] = self.timestamp(updated_ts - rng.randint(3600, 30 * 86400), timezone_name, "z")
+            contacts_out.write(orjson.dumps(older).decode() + "\n")
+            self.summary.contact_rows += 1
+            self.summary.superseded_contact_rows += 1
+
+    def workout(self) -> dict:
+        rng = self.rng
+        workout_type = rng.choice(WORKOUT_TYPES)
+        duration = rng.randint(15, 90)
+        calories = duration * WORKOUT_BURN[workout_type] + rng.randint(-40, 40)
+        return {"workout_type": workout_type, "duration_min": duration, "calories": max(calories, 30)}
+
+    def shop(self, moment: int, events: list, carts: list) -> int:
+        rng = self.rng
+        for _ in range(rng.randint(1, 3)):
+            moment += rng.randint(20, 400)
+            events.append((moment, "product_viewed", dict(rng.choice(CATALOGUE))))
+        if rng.random() >= 0.45:
+            return moment
+        lines: dict[str, dict] = {}
+        for _ in range(rng.randint(1, 3)):
+            moment += rng.randint(20, 600)
+            product = rng.choice(CATALOGUE)
+            quantity = 1 if rng.random() < 0.8 else 2
+            events.append((moment, "added_to_cart", {**product, "quantity": quantity}))
+            line = lines.setdefault(product["product_id"], {**product, "quantity": 0})
+            line["quantity"] += quantity
+        last_add = moment
+        draw = rng.random()
+        if draw < 0.35:
+            purchase_at = last_add + rng.randint(120, 3300)
+        elif draw < 0.5:
+            purchase_at = last_add + rng.randint(3 * 3600, 30 * 3600)
+        else:
+            purchase_at = None
+        purchased = purchase_at is not None and purchase_at < self.end_ts
+        if purchase_at is not None:
+            products = [
+                {"product_id": p["product_id"], "name": p["name"], "price": p["price"], "quantity": p["quantity"]}
+                for p in lines.values()
+            ]
+            total = round(sum(p["price"] * p["quantity"] for p in products), 2)
+            events.append(
+                (purchase_at, "purchased", {"order_id": self.next_order_id(), "total": total, "currency": "USD", "products": products})
+            )
+        carts.append((last_add, purchased))
+        return moment
+
+    def timestamp(self, epoch_seconds: int, timezone_name: str, style: str) -> str:
+        if style == "local":
+            return format_timestamp(epoch_seconds, _utc_offset(timezone_name, epoch_seconds // 86400))
+        if style == "millis":
+            return format_timestamp(epoch_seconds, millis=(epoch_seconds * 7919) % 1000)
+        return format_timestamp(epoch_seconds, z=style == "z")
+
+    def write_events(self, contact_id: str, timezone_name: str, style: str, timeline: list, *, syncing: bool) -> None:
+        rng = self.rng
+        summary = self.summary
+        end_ts = self.end_ts
+        # A sync lands all at once: imported history goes into the window's first file.
+        sync_sink = self.sink_for(self.start_ts) if syncing else None
+        for moment, name, properties in sorted(timeline, key=lambda item: item[0]):
+            if moment >= end_ts:
+                continue  # has not happened yet at `end`
+            row: EventRow = (
+                self.next_event_id(),
+                contact_id,
+                name,
+                self.timestamp(moment, timezone_name, style),
+                orjson.dumps(properties).decode() if properties is not None else None,
+                syncing,
+            )
+            sink = sync_sink or self.sink_for(moment)
+            if self.bad_rows and rng.random() < BAD_ROW_RATE:
+                kind = EVENT_BAD_KINDS[self.bad_kind_turn % len(EVENT_BAD_KINDS)]
+                self.bad_kind_turn += 1
+                if self.write_bad_event(sink, row, kind):
+                    continue
+            sink.write(row)
+            summary.events += 1
+            summary.events_by_name[name] += 1
+            if self.bad_rows and rng.random() < DUPLICATE_RATE:
+                sink.write(row)  # a client retry: same event, same id, same bytes
+                summary.duplicate_event_rows += 1
+
+    def write_bad_event(self, sink: _EventSink, row: EventRow, kind: str) -> bool:
+        """Write `row` damaged as `kind`; False when the format cannot hold that damage."""
+        event_id, contact_id, name, occurred_at, properties, is_syncing = row
+        fields: dict = {"event_id": event_id, "contact_id": contact_id, "name": name, "occurred_at": occurred_at}
+        if properties is not None:
+            fields["properties"] = orjson.loads(properties)
+        if is_syncing:
+            fields["is_syncing"] = True
+        if kind == "not_json":
+            written = sink.write_text(f"event_id={event_id} contact_id={contact_id} name={name} at {occurred_at}")
+        elif kind == "truncated":
+            line = jsonl_line(row).rstrip("\n") if sink.fmt == "jsonl" else ",".join((event_id, contact_id, name))
+            written = sink.write_text(line[: max(10, len(line) * 3 // 5)])
+        else:
+            if kind == "missing_event_id":
+                del fields["event_id"]
+            elif kind == "missing_contact_id":
+                del fields["contact_id"]
+            elif kind == "missing_name":
+                del fields["name"]
+            elif kind == "occurred_at_yesterday":
+                fields["occurred_at"] = "yesterday"
+            elif kind == "occurred_at_without_offset":
+                fields["occurred_at"] = occurred_at[:19]
+            elif kind == "properties_not_object":
+                fields["properties"] = [name, "oops"]
+            sink.write_fields(fields)
+            written = True
+        if written:
+            self.summary.bad_event_rows += 1
+            self.summary.bad_rows_by_kind[kind] += 1
+        return written
+
+    def plant_missing_bad_events(self) -> None:
+        """Every kind of bad row at least once, however small the sample."""
+        sink = self.sink_for(self.end_ts - 1)
+        for kind in EVENT_BAD_KINDS:
+            if self.summary.bad_rows_by_kind[kind] or (self.fmt == "parquet" and kind in TEXT_ONLY_BAD_KINDS):
+                continue
+            moment = self.end_ts - 1800 - self.rng.randrange(3600)
+            row: EventRow = (self.next_event_id(), self.contact_id(1), "logged_in", format_timestamp(moment), None, False)
+            self.write_bad_event(sink, row, kind)
+
+    def write_bad_contacts(self, contacts_out: IO[str]) -> None:
+        updated_at = format_timestamp(self.end_ts - 7200)
+        base = {"first_name": "Pat", "last_name": "Doe", "timezone": "Europe/Berlin", "properties": {"plan": "free"}}
+        rows = {
+            "invalid_email": {"contact_id": self.contact_id(self.contacts + 1), "email": "not-an-email", "status": "subscribed"},
+            "unknown_status": {"contact_id": self.contact_id(self.contacts + 2), "email": "pat.doe@example.com", "status": "active"},
+            "missing_contact_id": {"email": "nobody@example.com", "status": "subscribed"},
+            "updated_at_without_offset": {
+                "contact_id": self.contact_id(self.contacts + 3),
+                "email": "pat.roe@example.com",
+                "status": "subscribed",
+                "updated_at": updated_at[:19],
+            },
+        }
+        for kind in CONTACT_BAD_KINDS:
+            record = {**rows[kind], **base}
+            record.setdefault("updated_at", updated_at)
+            contacts_out.write(orjson.dumps(record).decode() + "\n")
+            self.summary.contact_rows += 1
+            self.summary.bad_contact_rows += 1
+            self.summary.bad_rows_by_kind[f"contact_{kind}"] += 1
+
+
+def generate(
+    out_dir: Path,
+    *,
+    contacts: int = 2000,
+    days: int = 21,
+    end: datetime = DEFAULT_END,
+    seed: int = 7,
+    bad_rows: bool = True,
+    fmt: EventFormat = "jsonl",
+) -> GenerationSummary:
+    """Write `out_dir/contacts/contacts.jsonl` and `out_dir/events/events-YYYY-MM-DD.<fmt>` (one file a day)."""
+    if end.tzinfo is None:
+        raise ValueError("end must carry a time zone, e.g. 2026-11-01T00:00:00+00:00")
+    if fmt not in EVENT_FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(EVENT_FORMATS)}, not {fmt!r}")
+    if contacts < 1 or days < 1:
+        raise ValueError("contacts and days must be at least 1")
+    out_dir = Path(out_dir)
+    (out_dir / "contacts").mkdir(parents=True, exist_ok=True)
+    (out_dir / "events").mkdir(parents=True, exist_ok=True)
+    simulation = _Simulation(out_dir, contacts=contacts, days=days, end=end, seed=seed, bad_rows=bad_rows, fmt=fmt)
+    contacts_path = out_dir / "contacts" / "contacts.jsonl"
+    try:
+        with contacts_path.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as contacts_out:
+            for index in range(1, contacts + 1):
+                simulation.simulate_contact(index, contacts_out)
+            if bad_rows:
+                simulation.plant_missing_bad_events()
+                simulation.write_bad_contacts(contacts_out)
+    finally:
+        for sink in simulation.sinks.values():
+            sink.close()
+    summary = simulation.summary
+    summary.files = [contacts_path, *sorted(sink.path for sink in simulation.sinks.values())]
+    return summary
+
+
+def _parse_end(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--end {text!r} needs an offset, e.g. {text}+00:00")
+    return moment
+
+
+def main(argv: list[str] | None = None) -> GenerationSummary:
+    parser = argparse.ArgumentParser(prog="python -m dagster_project.sample_data", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contacts", type=int, default=2000)
+    parser.add_argument("--days", type=int, default=21)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--end", type=_parse_end, default=DEFAULT_END, help="ISO 8601 with offset")
+    parser.add_argument("--out", type=Path, default=Path("data/landing"))
+    parser.add_argument("--format", dest="fmt", choices=EVENT_FORMATS, default="jsonl", help="events file format")
+    parser.add_argument("--no-bad-rows", dest="bad_rows", action="store_false", help="only valid rows")
+    args = parser.parse_args(argv)
+    summary = generate(
+        args.out, contacts=args.contacts, days=args.days, end=args.end, seed=args.seed, bad_rows=args.bad_rows, fmt=args.fmt
+    )
+    print(summary.describe())
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""What a parsed landing row must satisfy before it reaches a raw table.
+
+Ingestion parses a file into a polars frame (ids stripped, timestamps converted
+to UTC, properties normalised to JSON text) and validates it here with pandera.
+Each check is named for the rule it enforces; `split_valid` turns pandera's
+failure cases into one rejection per row whose reason says what is wrong with
+the value and how to fix it, e.g. "email 'not-an-email' is not a valid
+address: ...". The parse keeps the original text of every parsed field
+(`occurred_at_text`, `properties_text`, ...) so reasons can quote it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import email_validator
+import pandera.polars as pa
+import polars as pl
+from pandera.api.polars.types import PolarsData
+
+CONTACT_STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending")
+TIMESTAMP_EXAMPLE = "2026-10-31T21:14:05+01:00"
+
+# What a timestamp without an offset looks like: the one mistake worth its own, precise reason.
+_LOCAL_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+_MAX_QUOTED = 80
+
+
+def quote(value: Any) -> str:
+    """A value as a reason shows it: quoted, shortened, one line."""
+    text = str(value).replace("\n", " ")
+    if len(text) > _MAX_QUOTED:
+        text = text[: _MAX_QUOTED - 3] + "..."
+    return f"'{text}'"
+
+
+def _is_present(column: str) -> pl.Expr:
+    return pl.col(column).is_not_null() & (pl.col(column).str.strip_chars().str.len_chars() > 0)
+
+
+def _present_check(data: PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(_is_present(data.key))
+
+
+def _not_null_check(data: PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(pl.col(data.key).is_not_null())
+
+
+def _no_errors_check(data: PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(pl.col(data.key).is_null())
+
+
+# --- email addresses ------------------------------------------------------------------------------
+# Addresses of this plain shape are certainly valid for email-validator (ASCII dot-atom local part,
+# LDH labels without "--", an alphabetic TLD), so only the others pay for a full validation.
+_PLAIN_EMAIL = (
+    r"^[A-Za-z0-9_%+-]+(\.[A-Za-z0-9_%+-]+)*"
+    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+_SPECIAL_USE_SUFFIXES = tuple(sorted(email_validator.SPECIAL_USE_DOMAIN_NAMES))
+
+
+def _plain_emails(emails: pl.Series) -> pl.Series:
+    lowered = emails.str.to_lowercase()
+    domain = lowered.str.split("@").list.last()
+    special = pl.Series([False] * len(emails), dtype=pl.Boolean)
+    for suffix in _SPECIAL_USE_SUFFIXES:
+        special = special | (domain == suffix) | domain.str.ends_with("." + suffix)
+    return (
+        emails.str.contains(_PLAIN_EMAIL)
+        & (emails.str.len_bytes() <= 254)
+        & (emails.str.split("@").list.first().str.len_bytes() <= 64)
+        & ~domain.str.contains("--", literal=True)
+        & ~special
+    ).fill_null(False)
+
+
+def email_problem(email: str) -> str | None:
+    """email-validator's words for why `email` is not an address, or None when it is one."""
+    try:
+        email_validator.validate_email(email, check_deliverability=False)
+    except email_validator.EmailNotValidError as error:
+        return str(error)
+    return None
+
+
+def invalid_emails(emails: pl.Series) -> pl.Series:
+    """The distinct values of `emails` that are not valid addresses."""
+    distinct = emails.drop_nulls().unique()
+    suspicious = distinct.filter(~_plain_emails(distinct))
+    return pl.Series("email", [email for email in suspicious.to_list() if email_problem(email)], dtype=pl.String)
+
+
+def _email_check(data: PolarsData) -> pl.LazyFrame:
+    emails = data.lazyframe.select(pl.col(data.key)).collect().to_series()
+    # null emails stay null here and pass: a contact without an address is allowed
+    return data.lazyframe.select(~pl.col(data.key).is_in(invalid_emails(emails).implode()))
+
+
+# --- schemas -------------------------------------------------------------------------------------
+
+
+class EventsFrame(pa.DataFrameModel):
+    """A parsed events chunk: one row per landing row that was a JSON object (or CSV/Parquet row)."""
+
+    event_id: str = pa.Field(nullable=True)
+    contact_id: str = pa.Field(nullable=True)
+    name: str = pa.Field(nullable=True)
+    occurred_at: pl.Datetime = pa.Field(nullable=True)
+    occurred_at_text: str = pa.Field(nullable=True)
+    properties: str = pa.Field(nullable=True)
+    properties_text: str = pa.Field(nullable=True)
+    is_syncing: bool = pa.Field(nullable=True)
+    is_syncing_text: str = pa.Field(nullable=True)
+    field_errors: str = pa.Field(nullable=True)
+
+    class Config:
+        strict = False  # source_line and friends ride along
+        coerce = False
+
+    @pa.check("event_id", name="event_id_present", ignore_na=False)
+    def event_id_present(cls, data: PolarsData) -> pl.LazyFrame:
+        return _present_check(data)
+
+    @pa.check("contact_id", name="contact_id_present", ignore_na=False)
+    def contact_id_present(cls, data: PolarsData) -> pl.LazyFrame:
+        return _present_check(data)
+
+    @pa.check("name", name="name_present", ignore_na=False)
+    def name_present(cls, data: PolarsData) -> pl.LazyFrame:
+        return _present_check(data)
+
+    @pa.check("occurred_at", name="occurred_at_is_timestamp_with_offset", ignore_na=False)
+    def occurred_at_parsed(cls, data: PolarsData) -> pl.LazyFrame:
+        return _not_null_check(data)
+
+    @pa.check("properties", name="properties_is_object", ignore_na=False)
+    def properties_is_object(cls, data: PolarsData) -> pl.LazyFrame:
+        return _not_null_check(data)
+
+    @pa.check("is_syncing", name="is_syncing_is_boolean", ignore_na=False)
+    def is_syncing_is_boolean(cls, data: PolarsData) -> pl.LazyFrame:
+        return _not_null_check(data)
+
+    @pa.check("field_errors", name="fields_have_expected_types", ignore_na=False)
+    def fields_have_expected_types(cls, data: PolarsData) -> pl.LazyFrame:
+        return _no_errors_check(data)
+
+
+class ContactsFrame(pa.DataFrameModel):
+    """A parsed contacts chunk."""
+
+    contact_id: str = pa.Field(nullable=True)
+    email: str = pa.Field(nullable=True)
+    status: str = pa.Field(nullable=True)
+    first_name: str = pa.Field(nullable=True)
+    last_name: str = pa.Field(nullable=True)
+    timezone: str = pa.Field(nullable=True)
+    properties: str = pa.Field(nullable=True)
+    properties_text: str = pa.Field(nullable=True)
+    updated_at: pl.Datetime = pa.Field(nullable=True)
+    updated_at_text: str = pa.Field(nullable=True)
+    field_errors: str = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
+        coerce = False
+
+    @pa.check("contact_id", name="contact_id_present", ignore_na=False)
+    def contact_id_present(cls, data: PolarsData) -> pl.LazyFrame:
+        return _present_check(data)
+
+    @pa.check("status", name="status_is_known", ignore_na=False)
+    def status_is_known(cls, data: PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col(data.key).is_in(CONTACT_STATUSES).fill_null(False))
+
+    @pa.check("email", name="email_is_valid_address")
+    def email_is_valid_address(cls, data: PolarsData) -> pl.LazyFrame:
+        return _email_check(data)
+
+    @pa.check("updated_at", name="updated_at_is_timestamp_with_offset", ignore_na=False)
+    def updated_at_parsed(cls, data: PolarsData) -> pl.LazyFrame:
+        return _not_null_check(data)
+
+    @pa.check("properties", name="properties_is_object", ignore_na=False)
+    def properties_is_object(cls, data: PolarsData) -> pl.LazyFrame:
+        return _not_null_check(data)
+
+    @pa.check("field_errors", name="fields_have_expected_types", ignore_na=False)
+    def fields_have_expected_types(cls, data: PolarsData) -> pl.LazyFrame:
+        return _no_errors_check(data)
+
+
+# --- reasons -------------------------------------------------------------------------------------
+# A reason is (kind, message): the kind is short and countable (metadata, dashboards), the
+# message is what a person reads in raw.rejected_rows to fix the source.
+Reason = tuple[str, str]
+
+
+def timestamp_problem(field: str, text: str | None) -> Reason:
+    if text is None or not str(text).strip():
+        return f"missing_{field}", f"{field} is missing: every row needs one, e.g. {TIMESTAMP_EXAMPLE}"
+    text = str(text).strip()
+    if _LOCAL_TIMESTAMP.match(text):
+        return (
+            f"{field}_without_offset",
+            f"{field} {quote(text)} has no UTC offset, so the moment is ambiguous: "
+            f"an offset is required, e.g. {text.replace(' ', 'T')}Z or {text.replace(' ', 'T')}+01:00",
+        )
+    return (
+        f"bad_{field}",
+        f"{field} {quote(text)} is not an ISO 8601 timestamp with offset, e.g. {TIMESTAMP_EXAMPLE}",
+    )
+
+
+def _missing(field: str, what: str) -> Callable[[Mapping[str, Any]], Reason]:
+    return lambda row: (f"missing_{field}", f"{field} is missing or empty: {what}")
+
+
+def _properties_problem(row: Mapping[str, Any]) -> Reason:
+    return "properties_not_object", (
+        f"properties must be a JSON object like {{\"plan\": \"free\"}}, got {quote(row.get('properties_text'))}"
+    )
+
+
+def _is_syncing_problem(row: Mapping[str, Any]) -> Reason:
+    return "bad_is_syncing", f"is_syncing {quote(row.get('is_syncing_text'))} is not true or false"
+
+
+def _status_problem(row: Mapping[str, Any]) -> Reason:
+    allowed = ", ".join(CONTACT_STATUSES)
+    if row.get("status") is None:
+        return "missing_status", f"status is missing: use one of {allowed}"
+    return "unknown_status", f"status {quote(row['status'])} is not one of {allowed}"
+
+
+def _email_problem(row: Mapping[str, Any]) -> Reason:
+    email = row.get("email")
+    return "invalid_email", f"email {quote(email)} is not a valid address: {email_problem(str(email))}"
+
+
+def _type_problem(row: Mapping[str, Any]) -> Reason:
+    return "wrong_type", str(row.get("field_errors"))
+
+
+EVENT_REASONS: dict[str, Callable[[Mapping[str, Any]], Reason]] = {
+    "event_id_present": _missing("event_id", "every event needs a unique id (it is the key that dedupes retries)"),
+    "contact_id_present": _missing("contact_id", "every event must say whose it is"),
+    "name_present": _missing("name", "the event name, e.g. signed_up"),
+    "occurred_at_is_timestamp_with_offset": lambda row: timestamp_problem("occurred_at", row.get("occurred_at_text")),
+    "properties_is_object": _properties_problem,
+    "is_syncing_is_boolean": _is_syncing_problem,
+    "fields_have_expected_types": _type_problem,
+}
+CONTACT_REASONS: dict[str, Callable[[Mapping[str, Any]], Reason]] = {
+    "contact_id_present": _missing("contact_id", "every contact needs its id"),
+    "status_is_known": _status_problem,
+    "email_is_valid_address": _email_problem,
+    "updated_at_is_timestamp_with_offset": lambda row: timestamp_problem("updated_at", row.get("updated_at_text")),
+    "properties_is_object": _properties_problem,
+    "fields_have_expected_types": _type_problem,
+}
+
+REJECTIONS_SCHEMA = {"index": pl.Int64, "reason": pl.String, "kinds": pl.List(pl.String)}
+
+
+def _typed_fields(field_errors: str | None) -> set[str]:
+    """Fields that had a value of the wrong type: their "missing" reason would only repeat it."""
+    if not field_errors:
+        return set()
+    return {message.split(" ", 1)[0] for message in field_errors.split("; ")}
+
+
+def explain(
+    frame: pl.DataFrame,
+    failed_checks: Mapping[int, Iterable[str]],
+    reasons: Mapping[str, Callable[[Mapping[str, Any]], Reason]],
+) -> pl.DataFrame:
+    """One rejection per failing row: its index, every reason joined, and their kinds."""
+    indexes = sorted(failed_checks)
+    rows = frame[indexes].to_dicts() if indexes else []
+    out_reasons: list[str] = []
+    out_kinds: list[list[str]] = []
+    for index, row in zip(indexes, rows):
+        typed = _typed_fields(row.get("field_errors"))
+        found: list[Reason] = []
+        for check in failed_checks[index]:
+            kind, message = reasons[check](row)
+            if kind.startswith("missing_") and kind[len("missing_") :] in typed:
+                continue
+            if (kind, message) not in found:
+                found.append((kind, message))
+        out_reasons.append("; ".join(message for _, message in found))
+        out_kinds.append([kind for kind, _ in found])
+    return pl.DataFrame({"index": indexes, "reason": out_reasons, "kinds": out_kinds}, schema=REJECTIONS_SCHEMA)
+
+
+def split_valid(
+    schema: type[pa.DataFrameModel],
+    frame: pl.DataFrame,
+    reasons: Mapping[str, Callable[[Mapping[str, Any]], Reason]],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Validate `frame` (a DataFrame, so every row is checked) and split it.
+
+    Returns the valid rows and the rejections (index into `frame`, reason, kinds).
+    A failure that is not about rows (a missing column, a wrong dtype) is a bug in
+    the parse, not bad data, so it raises.
+    """
+    try:
+        schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+        row_cases = cases.filter(pl.col("index").is_not_null() & pl.col("check").is_in(list(reasons)))
+        if row_cases.height < cases.height:
+            raise
+        failed: dict[int, list[str]] = {}
+        for index, check in row_cases.select("index", "check").iter_rows():
+            failed.setdefault(int(index), []).append(check)
+        rejections = explain(frame, failed, reasons)
+        keep = pl.Series([True] * frame.height, dtype=pl.Boolean).scatter(rejections["index"], False)
+        return frame.filter(keep), rejections
+    return frame, pl.DataFrame(schema=REJECTIONS_SCHEMA)
+
+
+def validate_events(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return split_valid(EventsFrame, frame, EVENT_REASONS)
+
+
+def validate_contacts(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return split_valid(ContactsFrame, frame, CONTACT_REASONS)

@@ -1,0 +1,288 @@
+"""Sending one automation: due qualifications minus the ledger, policies, render, deliver.
+
+`send_automation` is plain Python over a DuckDB connection and a backend, so it
+can be tested and reasoned about without Dagster; `build_send_asset` wraps it
+as one Dagster asset per automation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from dagster_project.automations import Automation
+from dagster_project.backends.base import BackendUnavailable, DeliveryUncertain, EmailBackend
+from dagster_project.ledger import (
+    ENTERED,
+    LEDGER_TABLE,
+    MAX_ATTEMPTS,
+    Entry,
+    Outcome,
+    Reason,
+    Status,
+    ensure_ledger,
+    mark,
+    mark_interrupted,
+    pending_keys,
+    record,
+)
+from dagster_project.messages import compose, message_id, sender_domain
+from dagster_project.policies import Candidate, Verdict, decide
+from dagster_project.rendering import EmailTemplate, RenderError
+from dagster_project.unsubscribe import make_token, unsubscribe_links
+
+MARKETING_LIST = "marketing"
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    templates_dir: Path
+    sender: str
+    postal_address: str
+    unsubscribe_url: str
+    unsubscribe_mailto: str
+    unsubscribe_secret: str
+    batch_size: int = 100
+
+
+@dataclass
+class SendReport:
+    automation: str
+    due: int = 0
+    sent: int = 0
+    failed: int = 0
+    held_out: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    interrupted: int = 0
+    sample: EmailMessage | None = None
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def _candidates_sql(automation: Automation, contacts_relation: str) -> str:
+    entered = ", ".join(f"'{status}'" for status in ENTERED)
+    # Retry only temporary failures; re-deliver leftover claims only where the backend dedupes.
+    return f"""
+        with history as (
+            select contact_id, max(coalesce(sent_at, decided_at)) as last_entered_at
+            from {LEDGER_TABLE}
+            where automation = $automation and status in ({entered})
+            group by contact_id
+        )
+        select
+            t.contact_id, t.trigger_key, t.qualified_at, t.due_at, t.context,
+            c.contact_id is not null as has_contact,
+            c.email, c.status as contact_status, c.first_name, c.last_name, c.timezone, c.properties,
+            h.last_entered_at,
+            m.status as ledger_status,
+            coalesce(m.attempts, 0) as attempts
+        from {automation.relation} as t
+        left join {contacts_relation} as c on c.contact_id = t.contact_id
+        left join history as h on h.contact_id = t.contact_id
+        left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
+        where t.due_at <= $as_of
+          and (
+              m.trigger_key is null
+              or (m.status = 'failed' and m.reason = 'temporary' and m.attempts < {MAX_ATTEMPTS})
+              or (m.status = 'pending' and $redeliver_pending)
+          )
+        order by t.due_at, t.trigger_key
+    """
+
+
+def _batches(
+    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], size: int
+) -> Iterator[list[Candidate]]:
+    # A separate cursor: its snapshot stays fixed while the ledger is written on `con`.
+    reader = con.cursor().sql(sql, params=params).to_arrow_reader(size)
+    for batch in reader:
+        yield [Candidate(**row) for row in batch.to_pylist()]
+
+
+def template_variables(candidate: Candidate, automation: Automation, config: SendConfig, as_of: datetime) -> dict[str, Any]:
+    unsubscribe_url = ""
+    if automation.is_marketing:
+        token = make_token(config.unsubscribe_secret, candidate.contact_id, MARKETING_LIST)
+        unsubscribe_url = unsubscribe_links(config.unsubscribe_url, config.unsubscribe_mailto, token).https
+    sender = automation.sender or config.sender
+    return {
+        "contact": {
+            "contact_id": candidate.contact_id,
+            "email": candidate.email,
+            "first_name": candidate.first_name,
+            "last_name": candidate.last_name,
+            "timezone": candidate.timezone,
+            "properties": json.loads(candidate.properties or "{}"),
+        },
+        "context": json.loads(candidate.context or "{}"),
+        "automation": automation.name,
+        "unsubscribe_url": unsubscribe_url,
+        "postal_address": config.postal_address,
+        "sender_name": parseaddr(sender)[0] or sender,
+        "as_of": as_of,
+    }
+
+
+def _message(
+    candidate: Candidate,
+    automation: Automation,
+    template: EmailTemplate,
+    config: SendConfig,
+    as_of: datetime,
+    now: datetime,
+) -> EmailMessage:
+    """Render and compose one message; RenderError or ValueError for this contact only."""
+    sender = automation.sender or config.sender
+    try:
+        variables = template_variables(candidate, automation, config, as_of)
+    except json.JSONDecodeError as error:
+        raise RenderError(f"the trigger's context or the contact's properties are not JSON: {error}") from None
+    rendered = template.render(variables)
+    links = None
+    if automation.is_marketing:
+        token = make_token(config.unsubscribe_secret, candidate.contact_id, MARKETING_LIST)
+        links = unsubscribe_links(config.unsubscribe_url, config.unsubscribe_mailto, token)
+    return compose(
+        rendered=rendered,
+        sender=sender,
+        recipient=candidate.email or "",
+        automation=automation.name,
+        message_id=message_id(automation.name, candidate.trigger_key, sender_domain(sender)),
+        date=now,
+        unsubscribe=links,
+    )
+
+
+def _entry(candidate: Candidate, automation: Automation, config: SendConfig, verdict: Verdict, subject: str | None) -> Entry:
+    sender = automation.sender or config.sender
+    return Entry(
+        automation=automation.name,
+        trigger_key=candidate.trigger_key,
+        contact_id=candidate.contact_id,
+        email=candidate.email,
+        message_id=message_id(automation.name, candidate.trigger_key, sender_domain(sender)),
+        status=verdict.status,
+        reason=verdict.reason,
+        error=verdict.detail,
+        qualified_at=candidate.qualified_at,
+        due_at=candidate.due_at,
+        subject=subject,
+    )
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def send_automation(
+    con: duckdb.DuckDBPyConnection,
+    automation: Automation,
+    *,
+    contacts_relation: str,
+    backend: EmailBackend,
+    config: SendConfig,
+    as_of: datetime,
+    clock: Callable[[], datetime] = _utcnow,
+    log: Callable[[str], None] = lambda message: None,
+) -> SendReport:
+    """Send what is due for one automation as of `as_of`, exactly once per trigger key.
+
+    `backend` must already be open. The template is compiled before anything is
+    claimed, so a broken template stops this automation without a trace in the ledger.
+    """
+    template = EmailTemplate.load(config.templates_dir, automation.template, category=automation.category)
+    ensure_ledger(con)
+    report = SendReport(automation.name)
+
+    if not backend.dedupes:
+        report.interrupted = mark_interrupted(con, automation.name, pending_keys(con, automation.name), now=clock())
+        if report.interrupted:
+            log(f"{report.interrupted} claims of an interrupted run are now 'unknown' (never resent)")
+
+    params = {"automation": automation.name, "as_of": as_of, "redeliver_pending": backend.dedupes}
+    entered_this_tick: dict[str, datetime] = {}
+    for candidates in _batches(con, _candidates_sql(automation, contacts_relation), params, config.batch_size):
+        report.due += len(candidates)
+        decided: list[Entry] = []
+        to_deliver: list[tuple[Candidate, EmailMessage]] = []
+        now = clock()
+        for candidate in candidates:
+            verdict = decide(candidate, automation, as_of=as_of, entered_this_tick=entered_this_tick)
+            subject = None
+            if verdict.status == Status.PENDING:
+                try:
+                    message = _message(candidate, automation, template, config, as_of, now)
+                    subject = str(message["Subject"])
+                    to_deliver.append((candidate, message))
+                except (RenderError, ValueError) as error:
+                    verdict = Verdict(Status.SKIPPED, Reason.TEMPLATE_ERROR, str(error))
+            decided.append(_entry(candidate, automation, config, verdict, subject))
+            if verdict.status == Status.SKIPPED:
+                report.skipped[verdict.reason or "unspecified"] += 1
+            elif verdict.status == Status.HELD_OUT:
+                report.held_out += 1
+
+        # Claim before handing over (one statement, so atomic): a crash from here on
+        # leaves visible `pending` rows.
+        record(con, decided, as_of=as_of, now=now)
+
+        try:
+            outcomes = _deliver(backend, automation, to_deliver, report)
+        except _Unavailable as stop:
+            mark(con, stop.outcomes, as_of=as_of, now=clock())
+            raise stop.error from None
+        mark(con, outcomes, as_of=as_of, now=clock())
+    return report
+
+
+def _deliver(
+    backend: EmailBackend,
+    automation: Automation,
+    to_deliver: Sequence[tuple[Candidate, EmailMessage]],
+    report: SendReport,
+) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for index, (candidate, message) in enumerate(to_deliver):
+        try:
+            delivery = backend.send(message)
+        except BackendUnavailable as error:
+            unsent = to_deliver[index:]
+            if isinstance(error, DeliveryUncertain):
+                # The backend went silent while taking this one: it may have it. Never resend blindly.
+                outcomes.append(
+                    Outcome(automation.name, candidate.trigger_key, Status.UNKNOWN, Reason.INTERRUPTED, str(error))
+                )
+                unsent = unsent[1:]
+            # Nothing after it reached the backend: free those claims for a later tick.
+            for later, _ in unsent:
+                outcomes.append(Outcome(automation.name, later.trigger_key, Status.FAILED, Reason.TEMPORARY, str(error)))
+            report.failed += len(unsent)
+            raise _Unavailable(outcomes, error) from error
+        if delivery.ok:
+            outcomes.append(Outcome(automation.name, candidate.trigger_key, Status.SENT))
+            report.sent += 1
+            if report.sample is None:
+                report.sample = message
+        else:
+            reason = Reason.REJECTED if delivery.permanent else Reason.TEMPORARY
+            outcomes.append(Outcome(automation.name, candidate.trigger_key, Status.FAILED, reason, delivery.detail))
+            report.failed += 1
+    return outcomes
+
+
+class _Unavailable(Exception):
+    def __init__(self, outcomes: list[Outcome], error: BackendUnavailable):
+        super().__init__(str(error))
+        self.outcomes = outcomes
+        self.error = error

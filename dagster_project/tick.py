@@ -1,0 +1,56 @@
+"""One tick, in-process, through the same job the hourly schedule launches."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+
+from dagster_project.clock import as_of_tags
+from dagster_project.definitions import TICK_JOB
+
+
+def default_instance() -> dg.DagsterInstance:
+    """The instance `dagster dev` uses when DAGSTER_HOME is set, so its pools and run history apply."""
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    return dg.DagsterInstance.ephemeral()
+
+
+@dataclass
+class TickResult:
+    as_of: datetime
+    success: bool
+    seconds: float
+    # asset key (as "a/b") -> the metadata its materialization reported
+    assets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def metadata(self, key: str, name: str, default: Any = 0) -> Any:
+        return self.assets.get(key, {}).get(name, default)
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def run_tick(defs: dg.Definitions, as_of: datetime, instance: dg.DagsterInstance | None = None) -> TickResult:
+    started = time.perf_counter()
+    result = defs.resolve_job_def(TICK_JOB).execute_in_process(
+        instance=instance or default_instance(), tags=as_of_tags(as_of), raise_on_error=False
+    )
+    tick = TickResult(as_of=as_of, success=result.success, seconds=time.perf_counter() - started)
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        tick.assets[materialization.asset_key.to_user_string()] = {
+            name: _plain(value) for name, value in materialization.metadata.items()
+        }
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        message = error.message.strip() if error else "failed"
+        tick.failures.append(f"{event.step_key}: {message}")
+    return tick

@@ -1,0 +1,41 @@
+with
+
+carts as (
+
+    select * from {{ ref('int_carts') }}
+
+),
+
+qualifications as (
+
+    select
+        contact_id,
+        cart_id as trigger_key,
+        -- a cart is abandoned once an hour passes after its last add without a purchase
+        {{ dbt.dateadd('hour', 1, 'last_added_at') }} as qualified_at,
+        purchased_at,
+        is_syncing_only,
+        '{"cart_id": ' || {{ json_string('cart_id') }} || ', "items": ' || items || '}' as context
+
+    from carts
+
+),
+
+final as (
+
+    select
+        cast(contact_id as {{ dbt.type_string() }}) as contact_id,
+        cast(trigger_key as {{ dbt.type_string() }}) as trigger_key,
+        cast(qualified_at as {{ dbt.type_timestamp() }}) as qualified_at,
+        {{ nudge_due_at('qualified_at') }} as due_at,
+        cast(context as {{ dbt.type_string() }}) as context
+
+    from qualifications
+    where qualified_at <= {{ nudge_as_of() }}
+        and (purchased_at is null or purchased_at > {{ nudge_as_of() }})
+        -- imported history is recorded, never acted on
+        and not is_syncing_only
+
+)
+
+select * from final

@@ -1,0 +1,120 @@
+"""Landing files to messages, through the same Definitions the schedule runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from dagster_project.sample_data import DEFAULT_END, generate
+from tests.nudge_env import make_env
+
+pytestmark = pytest.mark.e2e
+
+AS_OF = DEFAULT_END.replace(tzinfo=None)
+EARLIER = AS_OF - timedelta(hours=5)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, dbt_manifest):
+    env = make_env(tmp_path_factory.mktemp("e2e"))
+    generate(env.settings.landing_dir, contacts=300, seed=11)
+    return env
+
+
+@pytest.fixture(scope="module")
+def first_tick(env):
+    tick = env.tick(EARLIER)
+    assert tick.success, tick.failures
+    return tick
+
+
+def sent_rows(env, automation=None):
+    sql = "select automation, trigger_key, contact_id, email, message_id from nudge.messages where status = 'sent'"
+    return env.query(sql + (f" and automation = '{automation}'" if automation else ""))
+
+
+def test_a_tick_sends_both_automations_and_files_one_eml_per_sent_row(env, first_tick):
+    rows = sent_rows(env)
+    automations = {row[0] for row in rows}
+    assert automations == {"welcome", "cart_abandoned"}
+    emails = env.emails()
+    assert len(emails) == len(rows)
+    assert {m["Message-ID"] for m in emails} == {row[4] for row in rows}
+    assert first_tick.metadata("send_welcome", "sent") == len(sent_rows(env, "welcome"))
+
+
+def test_every_due_qualification_has_a_ledger_row_none_silently_dropped(env, first_tick):
+    for automation in ("welcome", "cart_abandoned"):
+        due = env.scalar(f"select count(*) from triggers.trg_{automation} where due_at <= ?", [EARLIER])
+        decided = env.scalar("select count(*) from nudge.messages where automation = ?", [automation])
+        assert due == decided > 0
+    reasons = dict(env.query("select reason, count(*) from nudge.messages where status = 'skipped' group by 1"))
+    assert reasons.get("stale", 0) > 0  # history past the send window is recorded, never blasted
+    assert reasons.get("not_subscribed", 0) > 0
+
+
+def test_marketing_never_reaches_a_contact_who_is_not_subscribed(env, first_tick):
+    not_subscribed = {
+        row[0] for row in env.query("select email from staging.stg_contacts where status <> 'subscribed' and email is not null")
+    }
+    recipients = {m["To"].addresses[0].addr_spec for m in env.emails()}
+    assert recipients and not recipients & not_subscribed
+
+
+def test_messages_carry_the_required_headers(env, first_tick):
+    for message in env.emails():
+        assert message["X-Nudge-Automation"] in ("welcome", "cart_abandoned")
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "<https://" in message["List-Unsubscribe"] and "<mailto:" in message["List-Unsubscribe"]
+        assert message.get_body(("plain",)) is not None and message.get_body(("html",)) is not None
+        assert env.settings.postal_address in message.get_body(("plain",)).get_content()
+
+
+def test_the_cart_email_lists_the_carts_items_and_nothing_bought_before(env, first_tick):
+    for automation, trigger_key, contact_id, _, message_id in sent_rows(env, "cart_abandoned"):
+        (context,) = env.query(
+            "select context from triggers.trg_cart_abandoned where trigger_key = ?", [trigger_key]
+        )[0]
+        items = json.loads(context)["items"]
+        cart_adds = env.query(
+            """
+            select json_extract_string(properties, '$.name') from raw.events
+            where contact_id = ? and name = 'added_to_cart'
+              and occurred_at >= (select occurred_at from raw.events where event_id = ?)
+              and occurred_at <= ?
+            order by occurred_at, event_id
+            """,
+            [contact_id, trigger_key, EARLIER],
+        )
+        assert [item["name"] for item in items] == [name for (name,) in cart_adds]
+        message = next(m for m in env.emails() if m["Message-ID"] == message_id)
+        text = message.get_body(("plain",)).get_content()
+        for item in items:
+            assert item["name"] in text
+
+
+def test_the_same_tick_again_sends_nothing(env, first_tick):
+    before = env.query("select * from nudge.messages order by automation, trigger_key")
+    files = len(env.emails())
+    again = env.tick(EARLIER)
+    assert again.success, again.failures
+    assert again.metadata("send_welcome", "sent") == 0 and again.metadata("send_cart_abandoned", "sent") == 0
+    assert env.query("select * from nudge.messages order by automation, trigger_key") == before
+    assert len(env.emails()) == files
+
+
+def test_a_later_tick_sends_only_what_became_due(env, first_tick):
+    sent_before = {row[1] for row in sent_rows(env)}
+    later = env.tick(AS_OF)
+    assert later.success, later.failures
+    new = [row for row in sent_rows(env) if row[1] not in sent_before]
+    assert new, "five more hours of events should make new carts and signups due"
+    due_at = dict(env.query("select trigger_key, due_at from triggers.trg_cart_abandoned"))
+    for automation, trigger_key, *_ in new:
+        if automation == "cart_abandoned":
+            assert EARLIER < due_at[trigger_key] <= AS_OF
+    assert len(env.emails()) == len(sent_rows(env))
+    message_ids = [m["Message-ID"] for m in env.emails()]
+    assert len(message_ids) == len(set(message_ids))

@@ -1,0 +1,61 @@
+from datetime import datetime
+
+import duckdb
+import pytest
+
+from dagster_project.ledger import Entry, Outcome, ensure_ledger, mark, mark_interrupted, pending_keys, record, status_counts
+
+AS_OF = datetime(2026, 11, 1, 12)
+NOW = datetime(2026, 11, 1, 12, 0, 5)
+
+
+@pytest.fixture
+def con(tmp_path):
+    connection = duckdb.connect(str(tmp_path / "ledger.duckdb"))
+    ensure_ledger(connection)
+    yield connection
+    connection.close()
+
+
+def entry(key, status="pending", reason=None):
+    return Entry("welcome", key, f"c_{key}", "a@b.example", f"<{key}@x>", status, reason, None, AS_OF, AS_OF, "Hi")
+
+
+def row(con, key):
+    return con.execute(
+        "select status, reason, attempts, sent_at, decided_at from nudge.messages where trigger_key = ?", [key]
+    ).fetchone()
+
+
+def test_claim_then_mark_sent_counts_one_attempt(con):
+    record(con, [entry("k1"), entry("k2", "skipped", "stale")], as_of=AS_OF, now=NOW)
+    assert pending_keys(con, "welcome") == ["k1"]
+    mark(con, [Outcome("welcome", "k1", "sent")], as_of=AS_OF, now=NOW)
+    assert row(con, "k1") == ("sent", None, 1, AS_OF, AS_OF)
+    assert row(con, "k2") == ("skipped", "stale", 0, None, AS_OF)
+    assert pending_keys(con, "welcome") == []
+
+
+def test_a_retried_failure_keeps_its_attempts_and_first_decision(con):
+    record(con, [entry("k1")], as_of=AS_OF, now=NOW)
+    mark(con, [Outcome("welcome", "k1", "failed", "temporary", "451 try later")], as_of=AS_OF, now=NOW)
+    later = datetime(2026, 11, 1, 13)
+    record(con, [entry("k1")], as_of=later, now=later)
+    mark(con, [Outcome("welcome", "k1", "sent")], as_of=later, now=later)
+    assert row(con, "k1") == ("sent", None, 2, later, AS_OF)
+
+
+def test_the_key_is_unique(con):
+    record(con, [entry("k1")], as_of=AS_OF, now=NOW)
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute("insert into nudge.messages select * from nudge.messages")
+
+
+def test_interrupted_claims_become_unknown_with_an_explanation(con):
+    record(con, [entry("k1"), entry("k2")], as_of=AS_OF, now=NOW)
+    mark(con, [Outcome("welcome", "k2", "sent")], as_of=AS_OF, now=NOW)
+    assert mark_interrupted(con, "welcome", pending_keys(con, "welcome"), now=NOW) == 1
+    status, reason, attempts, _, _ = row(con, "k1")
+    assert (status, reason, attempts) == ("unknown", "interrupted", 0)
+    assert row(con, "k2")[0] == "sent"
+    assert ("welcome", "unknown", "interrupted", 1) in status_counts(con)

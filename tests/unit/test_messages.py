@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import email
+import re
+from datetime import datetime, timedelta, timezone
+from email import policy
+from email.message import EmailMessage
+
+import pytest
+
+from dagster_project.messages import compose, message_id, sender_domain
+from dagster_project.rendering import RenderedEmail
+from dagster_project.unsubscribe import UnsubscribeLinks, make_token, unsubscribe_links
+
+SENDER = "Nudge Fitness <hello@nudge.example>"
+WHEN = datetime(2026, 10, 31, 21, 0, tzinfo=timezone.utc)
+RENDERED = RenderedEmail(subject="Welcome to Nudge Fitness, Ana", html="<p>Hi Ana</p>", text="Hi Ana")
+
+
+def links() -> UnsubscribeLinks:
+    token = make_token("secret", "contact_000123", "marketing")
+    return unsubscribe_links("https://nudge.example/unsubscribe", "unsubscribe@nudge.example", token)
+
+
+def build(
+    *,
+    rendered: RenderedEmail = RENDERED,
+    sender: str = SENDER,
+    recipient: str = "ana@example.com",
+    unsubscribe: UnsubscribeLinks | None = None,
+    date: datetime = WHEN,
+) -> EmailMessage:
+    return compose(
+        rendered=rendered,
+        sender=sender,
+        recipient=recipient,
+        automation="welcome",
+        message_id=message_id("welcome", "contact_000123", "nudge.example"),
+        date=date,
+        unsubscribe=unsubscribe,
+    )
+
+
+def header_lines(message: EmailMessage) -> list[str]:
+    """The serialized header block, one entry per physical line."""
+    head = message.as_bytes(policy=policy.SMTP).split(b"\r\n\r\n", 1)[0]
+    return head.decode("ascii").split("\r\n")
+
+
+def reparsed(message: EmailMessage) -> EmailMessage:
+    return email.message_from_bytes(message.as_bytes(policy=policy.SMTP), policy=policy.default)
+
+
+# --- Message-ID ----------------------------------------------------------------
+
+
+def test_message_id_is_deterministic_per_automation_and_trigger_key():
+    first = message_id("welcome", "contact_000123", "nudge.example")
+
+    assert first == message_id("welcome", "contact_000123", "nudge.example")
+    assert re.fullmatch(r"<[0-9a-f]{32}@nudge\.example>", first)
+    assert first != message_id("welcome", "contact_000124", "nudge.example")
+    assert first != message_id("cart_abandoned", "contact_000123", "nudge.example")
+
+
+def test_message_id_separates_automation_from_trigger_key():
+    assert message_id("ab", "c", "nudge.example") != message_id("a", "bc", "nudge.example")
+
+
+@pytest.mark.parametrize("domain", ["", "nudge example", "nudge.example>", "<x>", "a@b"])
+def test_message_id_refuses_a_bad_domain(domain):
+    with pytest.raises(ValueError):
+        message_id("welcome", "c1", domain)
+
+
+def test_sender_domain_comes_from_the_address():
+    assert sender_domain("Nudge Fitness <hello@Nudge.Example>") == "nudge.example"
+    assert sender_domain("hello@mail.nudge.example") == "mail.nudge.example"
+    with pytest.raises(ValueError):
+        sender_domain("Nudge Fitness")
+
+
+# --- headers and parts ------------------------------------------------------------
+
+
+def test_the_message_has_every_header_once():
+    message = reparsed(build(unsubscribe=links()))
+
+    assert str(message["From"]) == SENDER
+    assert str(message["To"]) == "ana@example.com"
+    assert str(message["Subject"]) == "Welcome to Nudge Fitness, Ana"
+    assert str(message["Date"]) == "Sat, 31 Oct 2026 21:00:00 +0000"
+    assert str(message["Message-ID"]) == message_id("welcome", "contact_000123", "nudge.example")
+    assert str(message["MIME-Version"]) == "1.0"
+    assert str(message["X-Nudge-Automation"]) == "welcome"
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "X-Nudge-Automation"):
+        assert len(message.get_all(name)) == 1
+
+
+def test_the_message_is_text_then_html_alternatives():
+    message = reparsed(build())
+
+    assert message.get_content_type() == "multipart/alternative"
+    parts = list(message.iter_parts())
+    assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
+    assert parts[0].get_content().strip() == "Hi Ana"
+    assert parts[1].get_content().strip() == "<p>Hi Ana</p>"
+
+
+def test_non_ascii_subject_and_body_survive_the_round_trip():
+    rendered = RenderedEmail(subject="Olá Zoë, 💪 time to move", html="<p>Olá Zoë 💪</p>", text="Olá Zoë 💪")
+
+    message = reparsed(build(rendered=rendered, recipient="Zoë Ünal <zoe@example.com>"))
+
+    assert str(message["Subject"]) == "Olá Zoë, 💪 time to move"
+    assert message["To"].addresses[0].display_name == "Zoë Ünal"
+    assert message.get_body(preferencelist=("plain",)).get_content().strip() == "Olá Zoë 💪"
+
+
+def test_a_naive_date_is_read_as_utc_and_other_zones_keep_their_offset():
+    assert str(build(date=datetime(2026, 1, 2, 3, 4, 5))["Date"]) == "Fri, 02 Jan 2026 03:04:05 +0000"
+    lisbon_summer = timezone(timedelta(hours=1))
+    assert str(build(date=datetime(2026, 7, 1, 9, tzinfo=lisbon_summer))["Date"]).endswith("+0100")
+
+
+def test_list_unsubscribe_only_with_links():
+    assert build()["List-Unsubscribe"] is None
+    assert build()["List-Unsubscribe-Post"] is None
+
+    unsubscribe = links()
+    message = reparsed(build(unsubscribe=unsubscribe))
+
+    assert str(message["List-Unsubscribe"]) == f"<{unsubscribe.https}>, <{unsubscribe.mailto}>"
+    assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+
+
+def test_long_unsubscribe_links_are_never_turned_into_encoded_words():
+    # A real token makes the URL longer than 78 characters; the stock folder would RFC 2047-encode it.
+    unsubscribe = links()
+    assert len(unsubscribe.https) > 78
+
+    lines = header_lines(build(unsubscribe=unsubscribe))
+    start = next(i for i, line in enumerate(lines) if line.startswith("List-Unsubscribe:"))
+    block = [lines[start]] + [line for line in lines[start + 1 :] if line.startswith(" ")][:1]
+
+    assert "=?" not in "".join(block)
+    assert f"<{unsubscribe.https}>" in block[0]
+    assert all(len(line) <= 998 for line in lines)
+
+
+# --- header injection ---------------------------------------------------------------
+
+INJECTIONS = [
+    "Ana\r\nBcc: x@y.example",
+    "Ana\nBcc: x@y.example",
+    "Ana\rBcc: x@y.example",
+    "=?utf-8?q?=0D=0ABcc:_x@y.example?=",
+    "Ana =?utf-8?b?DQpCY2M6IHhAeS5leGFtcGxl?=",
+    "Ana\u2028Bcc: x@y.example",
+    "Ana\u2029Bcc: x@y.example",
+    "Ana\x85Bcc: x@y.example",
+    "Ana\v\fBcc: x@y.example",
+]
+
+
+def assert_single_clean_header_block(message: EmailMessage) -> None:
+    lines = header_lines(message)
+    assert sum(1 for line in lines if line.lower().startswith("subject:")) == 1
+    assert not any(line.lower().startswith(("bcc:", "cc:")) for line in lines)
+    parsed = reparsed(message)
+    assert parsed.get_all("Bcc") is None
+    assert parsed.get_all("Cc") is None
+    assert len(parsed.get_all("To")) == 1
+    assert len(parsed["To"].addresses) == 1
+    assert parsed["To"].addresses[0].addr_spec == "ana@example.com"
+    assert len(parsed.get_all("Subject")) == 1
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_a_hostile_subject_stays_one_subject_header(payload):
+    message = build(rendered=RenderedEmail(subject=f"Hello {payload}", html="<p>x</p>", text="x"))
+
+    assert_single_clean_header_block(message)
+    subject = str(reparsed(message)["Subject"])
+    assert "\r" not in subject and "\n" not in subject
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_a_hostile_display_name_stays_inside_its_address(payload):
+    quoted = payload.replace("\\", "\\\\").replace('"', '\\"')
+    message = build(recipient=f'"{quoted}" <ana@example.com>', sender=f'"{quoted}" <hello@nudge.example>')
+
+    assert_single_clean_header_block(message)
+    assert reparsed(message)["From"].addresses[0].addr_spec == "hello@nudge.example"
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_an_unquoted_hostile_name_is_either_refused_or_harmless(payload):
+    try:
+        message = build(recipient=f"{payload} <ana@example.com>")
+    except ValueError:
+        return
+    assert_single_clean_header_block(message)
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "ana@example.com, bob@example.com",
+        "ana@example.com\r\nBcc: x@y.example",
+        "ana@example.com\r\nTo: bob@example.com",
+        "Ana <ana@example.com> bob@example.com",
+        "team: ana@example.com, bob@example.com;",
+        "undisclosed-recipients:;",
+        "",
+        "not an address",
+        "<ana@example.com",
+        "alice@example.org)<bob@example.org>",
+    ],
+)
+def test_a_recipient_that_is_not_exactly_one_address_is_refused(recipient):
+    with pytest.raises(ValueError):
+        build(recipient=recipient)
+
+
+@pytest.mark.parametrize("bad_id", ["", "no-brackets@nudge.example", "<two words@nudge.example>", "<x>\r\nBcc: y"])
+def test_a_malformed_message_id_is_refused(bad_id):
+    with pytest.raises(ValueError):
+        compose(
+            rendered=RENDERED,
+            sender=SENDER,
+            recipient="ana@example.com",
+            automation="welcome",
+            message_id=bad_id,
+            date=WHEN,
+            unsubscribe=None,
+        )
