@@ -53,6 +53,23 @@ class NudgeDbtTranslator(DagsterDbtTranslator):
             return dg.AssetKey([dbt_resource_props["source_name"], dbt_resource_props["name"]])
         return dg.AssetKey(dbt_resource_props["name"])
 
+    def get_asset_check_spec(
+        self, asset_spec: dg.AssetSpec, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetCheckSpec | None:
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None:
+            return None
+        # A failed test shows as a failed check but does not fail the whole dbt step: each send
+        # asset's own gate stops the automations it guards, and the other automations still go.
+        return dg.AssetCheckSpec(
+            name=spec.name,
+            asset=spec.asset_key,
+            description=spec.description,
+            additional_deps=spec.additional_deps,
+            metadata=spec.metadata,
+            blocking=False,
+        )
+
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         fqn = dbt_resource_props.get("fqn", [])
         # fqn is [project, folder, ..., model]; a model at the root has no folder.
@@ -76,22 +93,31 @@ def _build(
     with warehouse.lock():
         invocation = dbt.cli(dbt_build_args(as_of, warehouse.path), context=context, raise_on_error=False)
         yield from invocation.stream()
-        run_results = invocation.get_artifact("run_results.json")
+        outcomes = model_outcomes(_run_results(invocation), manifest)
         con = duckdb.connect(warehouse.path)
         try:
-            record_builds(
-                con,
-                model_outcomes(run_results, manifest),
-                as_of=as_of,
-                now=datetime.now(UTC).replace(tzinfo=None),
-            )
+            record_builds(con, outcomes, as_of=as_of, now=datetime.now(UTC).replace(tzinfo=None))
         finally:
             con.close()
-    if not invocation.is_successful():
+    if invocation.is_successful():
+        return
+    errored = sorted(model for model, (status, _) in outcomes.items() if status == "error")
+    if errored or not outcomes:
         raise dg.Failure(
-            description=f"dbt build failed for as_of {format_as_of(as_of)}: see the dbt events above; "
-            "nothing downstream of a failed model or test will send"
+            description=f"dbt build failed for as_of {format_as_of(as_of)}: "
+            + (", ".join(errored) if errored else "see the dbt log above")
         )
+    # Only tests failed: they show as failed checks, and each send asset's gate stops the
+    # automations whose trigger they guard, so one broken automation does not stop the others.
+    failing = {model: tests for model, (_, tests) in outcomes.items() if tests}
+    context.log.warning(f"dbt tests failed for as_of {format_as_of(as_of)}: {failing}")
+
+
+def _run_results(invocation: Any) -> dict[str, Any]:
+    try:
+        return invocation.get_artifact("run_results.json")
+    except FileNotFoundError:  # dbt stopped before running anything (a compile error)
+        return {}
 
 
 def build_dbt_assets(project: DbtProject) -> list[dg.AssetsDefinition]:
