@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster
 export DBT_PROFILES_DIR := $(CURDIR)/dbt_project
+# dbt re-parses the whole project when the warehouse path differs from the one it parsed
+# with, so `prepare` and the ticks see the same absolute path.
+export NUDGE_WAREHOUSE ?= $(CURDIR)/data/warehouse.duckdb
 
 .PHONY: install prepare demo run test dev bench clean
 

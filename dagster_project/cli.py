@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+from contextlib import redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -63,18 +65,27 @@ def _print_tick(tick, settings: NudgeSettings) -> None:  # noqa: ANN001 (TickRes
         console.print(f"[red]FAILED[/red] {failure}")
 
 
-def _tick(as_of: datetime, settings: NudgeSettings):  # noqa: ANN202
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Dagster's and dbt's step logs.")]
+
+
+def _tick(as_of: datetime, settings: NudgeSettings, verbose: bool):  # noqa: ANN202
     from dagster_project.definitions import build_defs
     from dagster_project.tick import run_tick
 
-    return run_tick(build_defs(settings), as_of)
+    defs = build_defs(settings)
+    if verbose:
+        return run_tick(defs, as_of, log_level="DEBUG")
+    # dagster-dbt echoes dbt's log to stdout (the UI keeps it as the step's compute log); here
+    # only the summary is wanted, and failures are reported with it.
+    with console.status(f"Running a tick as of {format_as_of(as_of)} UTC ..."), redirect_stdout(io.StringIO()):
+        return run_tick(defs, as_of, log_level="ERROR")
 
 
 @app.command()
-def run(as_of: AsOf = None) -> None:
+def run(as_of: AsOf = None, verbose: Verbose = False) -> None:
     """Run one tick in-process: ingest, build the models, send what is due."""
     settings = _settings()
-    tick = _tick(_as_of(as_of), settings)
+    tick = _tick(_as_of(as_of), settings, verbose)
     _print_tick(tick, settings)
     raise typer.Exit(0 if tick.success else 1)
 
@@ -84,6 +95,7 @@ def demo(
     contacts: Annotated[int, typer.Option(help="How many contacts the sample app has.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the sample data.")] = 7,
     fresh: Annotated[bool, typer.Option(help="Start from an empty warehouse, landing folder and outbox.")] = True,
+    verbose: Verbose = False,
 ) -> None:
     """Write sample data, run one full tick as of the data's end, and print a summary."""
     from dagster_project.sample_data import DEFAULT_END, generate
@@ -94,7 +106,7 @@ def demo(
             _remove(path)
     summary = generate(settings.landing_dir, contacts=contacts, seed=seed)
     console.print(f"Sample data: {summary.contacts} contacts, {summary.events} events in {settings.landing_dir}")
-    tick = _tick(parse_as_of(DEFAULT_END.isoformat()), settings)
+    tick = _tick(parse_as_of(DEFAULT_END.isoformat()), settings, verbose)
     _print_tick(tick, settings)
     raise typer.Exit(0 if tick.success else 1)
 

@@ -7,8 +7,10 @@ reporting models that read the ledger. Splitting them keeps the graph acyclic
 
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -76,13 +78,28 @@ class NudgeDbtTranslator(DagsterDbtTranslator):
         return fqn[1] if len(fqn) > 2 else "dbt"
 
 
-def dbt_build_args(as_of: datetime, warehouse: Path | str) -> list[str]:
-    """The dbt command of a tick: one `build`, so dbt's start-up is paid once.
+DBT_BUILD_ARGS = ["build", "--exclude-resource-type", "unit_test"]
 
-    dbt unit tests check the SQL, not the data, so they run in `make test`, not every hour.
-    """
-    variables = {"as_of": format_as_of(as_of), "warehouse_path": str(warehouse)}
-    return ["build", "--vars", json.dumps(variables, sort_keys=True), "--exclude-resource-type", "unit_test"]
+
+def dbt_environment(as_of: datetime, warehouse: Path | str) -> dict[str, str]:
+    """What a tick tells dbt, as environment variables rather than --vars: dbt re-parses the
+    whole project whenever --vars change, and as_of changes every hour."""
+    return {"NUDGE_AS_OF": format_as_of(as_of), "NUDGE_WAREHOUSE": str(warehouse)}
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    # dagster-dbt hands the subprocess a copy of os.environ; steps of one process run one at a time.
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _build(
@@ -91,8 +108,18 @@ def _build(
     as_of = as_of_for(context)
     # dbt's subprocess is the writer; the lock keeps other processes off the file meanwhile.
     with warehouse.lock():
-        invocation = dbt.cli(dbt_build_args(as_of, warehouse.path), context=context, raise_on_error=False)
-        yield from invocation.stream()
+        with _environment(dbt_environment(as_of, warehouse.path)):
+            # One `build` per selection, so dbt's start-up is paid once; dbt unit tests check
+            # the SQL, not the data, so they run in `make test`, not every hour.
+            invocation = dbt.cli(
+                DBT_BUILD_ARGS,
+                context=context,
+                raise_on_error=False,
+                # One folder per selection, reused every tick: dbt keeps its partial-parse state
+                # there, and the folders do not pile up one per run.
+                target_path=Path("target") / f"tick_{context.op_def.name}",
+            )
+            yield from invocation.stream()
         outcomes = model_outcomes(_run_results(invocation), manifest)
         con = duckdb.connect(warehouse.path)
         try:

@@ -38,10 +38,18 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def run_tick(defs: dg.Definitions, as_of: datetime, instance: dg.DagsterInstance | None = None) -> TickResult:
+def run_tick(
+    defs: dg.Definitions,
+    as_of: datetime,
+    instance: dg.DagsterInstance | None = None,
+    log_level: str = "INFO",
+) -> TickResult:
     started = time.perf_counter()
     result = defs.resolve_job_def(TICK_JOB).execute_in_process(
-        instance=instance or default_instance(), tags=as_of_tags(as_of), raise_on_error=False
+        instance=instance or default_instance(),
+        tags=as_of_tags(as_of),
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     tick = TickResult(as_of=as_of, success=result.success, seconds=time.perf_counter() - started)
     for event in result.get_asset_materialization_events():

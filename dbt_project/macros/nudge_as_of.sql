@@ -6,7 +6,13 @@
 {% macro nudge_as_of_text() -%}
     {#- The run's clock. Business logic never reads the wall clock, so a tick can be
         replayed and a test can stop time. -#}
+    {#- Dagster passes the clock as the environment variable NUDGE_AS_OF, read only when
+        executing: a --vars value that changes every hour would make dbt re-parse the whole
+        project on every tick. The var as_of is for dbt unit tests and hand runs. -#}
     {%- set as_of = var('as_of', none) -%}
+    {%- if (as_of is none or as_of == '') and execute -%}
+        {%- set as_of = env_var('NUDGE_AS_OF', '') -%}
+    {%- endif -%}
     {%- if as_of is none or as_of == '' -%}
         {%- set as_of = run_started_at -%}
     {%- endif -%}

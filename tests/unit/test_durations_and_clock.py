@@ -3,7 +3,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from dagster_project.clock import format_as_of, parse_as_of
-from dagster_project.dbt_assets import dbt_build_args
+from dagster_project.dbt_assets import DBT_BUILD_ARGS, dbt_environment
 from dagster_project.durations import format_duration, parse_duration
 
 
@@ -37,8 +37,9 @@ def test_as_of_is_utc_and_naive():
         parse_as_of("yesterday")
 
 
-def test_dbt_build_args_carry_the_clock_and_the_warehouse():
-    args = dbt_build_args(datetime(2026, 11, 1, 9), "/tmp/w.duckdb")
-    assert args[:2] == ["build", "--vars"]
-    assert args[2] == '{"as_of": "2026-11-01 09:00:00", "warehouse_path": "/tmp/w.duckdb"}'
-    assert args[3:] == ["--exclude-resource-type", "unit_test"]
+def test_dbt_hears_the_clock_and_the_warehouse_through_its_environment():
+    assert dbt_environment(datetime(2026, 11, 1, 9), "/tmp/w.duckdb") == {
+        "NUDGE_AS_OF": "2026-11-01 09:00:00",
+        "NUDGE_WAREHOUSE": "/tmp/w.duckdb",
+    }
+    assert "--vars" not in DBT_BUILD_ARGS  # changing --vars makes dbt re-parse every tick
