@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dagster_project.clock import format_as_of, parse_as_of
 from dagster_project.settings import NudgeSettings
@@ -62,7 +63,7 @@ def _print_tick(tick, settings: NudgeSettings) -> None:  # noqa: ANN001 (TickRes
     console.print(f"Warehouse: {settings.warehouse}")
     console.print(f"Tick wall time: {tick.seconds:.1f} s")
     for failure in tick.failures:
-        console.print(f"[red]FAILED[/red] {failure}")
+        console.print(Text.assemble(("FAILED ", "red"), failure))
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Dagster's and dbt's step logs.")]
@@ -152,7 +153,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         table.add_row(automation, state, reason or "", str(count))
     console.print(table)
     for automation, key, contact, error in unknown:
-        console.print(f"[yellow]unknown[/yellow] {automation} {key} (contact {contact}): {error}")
+        console.print(Text.assemble(("unknown ", "yellow"), f"{automation} {key} (contact {contact}): {error}"))
 
 
 @app.command()
@@ -168,14 +169,15 @@ def preview(
     try:
         rendered = render_preview(settings, automation, contact)
     except LookupError as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(str(error), style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
     path = out or settings.warehouse.parent / "previews" / f"{automation}-{rendered.contact_id}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(rendered.email.html)
-    console.print(f"[bold]Subject:[/bold] {rendered.email.subject}")
-    console.print(rendered.email.text)
-    console.print(f"HTML written to {path}")
+    console.print(Text.assemble(("Subject: ", "bold"), rendered.email.subject))
+    # The email's own text, as is: never read as rich markup, never re-wrapped (links must stay whole).
+    console.print(rendered.email.text, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"HTML written to {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("sample-data")

@@ -6,6 +6,7 @@ reporting models that read the ledger. Splitting them keeps the graph acyclic
 """
 
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -87,6 +88,14 @@ def dbt_environment(as_of: datetime, warehouse: Path | str) -> dict[str, str]:
     return {"NUDGE_AS_OF": format_as_of(as_of), "NUDGE_WAREHOUSE": str(warehouse)}
 
 
+def tick_target_path(selection: str, warehouse: Path | str) -> Path:
+    """One dbt target folder per selection and warehouse, reused every tick: dbt keeps its
+    partial-parse state there (valid only for the warehouse it parsed with), and the folders
+    do not pile up one per run."""
+    digest = hashlib.sha1(str(warehouse).encode()).hexdigest()[:8]
+    return Path("target") / f"tick_{selection}_{digest}"
+
+
 @contextmanager
 def _environment(values: Mapping[str, str]) -> Iterator[None]:
     # dagster-dbt hands the subprocess a copy of os.environ; steps of one process run one at a time.
@@ -115,9 +124,7 @@ def _build(
                 DBT_BUILD_ARGS,
                 context=context,
                 raise_on_error=False,
-                # One folder per selection, reused every tick: dbt keeps its partial-parse state
-                # there, and the folders do not pile up one per run.
-                target_path=Path("target") / f"tick_{context.op_def.name}",
+                target_path=tick_target_path(context.op_def.name, warehouse.path),
             )
             yield from invocation.stream()
         outcomes = model_outcomes(_run_results(invocation), manifest)

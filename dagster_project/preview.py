@@ -31,7 +31,7 @@ def render_preview(settings: NudgeSettings, automation_name: str, contact_id: st
     template = EmailTemplate.load(settings.templates_dir, automation.template, category=automation.category)
 
     with connect(settings.warehouse, settings.lock_timeout_seconds) as con:
-        row = con.execute(
+        row = con.sql(
             f"""
             select t.contact_id, t.trigger_key, t.qualified_at, t.due_at, t.context,
                    c.contact_id is not null as has_contact, c.email, c.status as contact_status,
@@ -42,7 +42,7 @@ def render_preview(settings: NudgeSettings, automation_name: str, contact_id: st
             order by t.due_at desc, t.trigger_key
             limit 1
             """,
-            {"contact": contact_id},
+            params={"contact": contact_id},
         ).to_arrow_table().to_pylist()
     if not row:
         who = f"contact {contact_id}" if contact_id else "any contact"

@@ -38,6 +38,15 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+def _failure_message(error: Any) -> str:
+    """What the step raised, not the wrapper Dagster puts around every exception from user code."""
+    if error is None:
+        return "failed"
+    while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+        error = error.cause
+    return error.message.strip()
+
+
 def run_tick(
     defs: dg.Definitions,
     as_of: datetime,
@@ -58,7 +67,5 @@ def run_tick(
             name: _plain(value) for name, value in materialization.metadata.items()
         }
     for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        message = error.message.strip() if error else "failed"
-        tick.failures.append(f"{event.step_key}: {message}")
+        tick.failures.append(f"{event.step_key}: {_failure_message(event.step_failure_data.error)}")
     return tick
