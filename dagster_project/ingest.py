@@ -1,9 +1,10 @@
 """Landing files -> raw.events, raw.contacts (and raw.rejected_rows).
 
-Each file is parsed into a polars frame that keeps every row's line number,
-checked with the pandera schemas, and written in one DuckDB transaction:
-good rows in bulk, bad rows to raw.rejected_rows with a reason, and the file's
-size and mtime to raw.loaded_files so an unchanged file is never read twice.
+Each file is parsed into a polars frame that keeps every row's line number and
+original text, checked with the pandera schemas, and written to DuckDB: good
+rows in bulk, bad rows to raw.rejected_rows with a reason, and the file's size
+and mtime to raw.loaded_files, in the same transaction, so an unchanged file is
+never read twice and a crash never records a file without its rows.
 
 Loading is idempotent: events insert only ids the table does not hold yet
 (a retry, a re-sent file, a file that grew), contacts replace a stored row only
@@ -12,16 +13,18 @@ when their updated_at is newer, and rejections dedupe on (file, line, text).
 
 # No `from __future__ import annotations` here: Dagster reads the asset functions' type hints at runtime.
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-from dagster import AssetExecutionContext
 import duckdb
 import orjson
 import polars as pl
+import pyarrow
+import pyarrow.parquet as pq
+from dagster import AssetExecutionContext
 
 from dagster_project.schemas import validate_contacts, validate_events
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
@@ -29,6 +32,7 @@ from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
 LANDING_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 JSONL_CHUNK_BYTES = 64 << 20
 PARQUET_BATCH_ROWS = 500_000
+COMMIT_EVERY_ROWS = 2_000_000
 
 TEXT, PROPERTIES, FLAG = "text", "properties", "flag"
 EVENT_FIELDS = {
@@ -125,9 +129,9 @@ class IngestReport:
 # wrong type) and the fields as text, except properties, which arrive normalised: minified JSON
 # object text, '{}' when absent, null when not an object (the offending value in properties_text).
 #
-# JSON is parsed by DuckDB's vectorised JSON functions on an in-memory connection: one pass checks
-# each line, one more turns the good ones into a struct of JSON values. Python only touches the
-# rare bad line, to quote the parser's complaint.
+# JSON is parsed by DuckDB's vectorised JSON functions on an in-memory connection, which turn each
+# line into a struct of JSON values in one pass; Python only touches the rare bad line, to quote
+# the parser's complaint.
 
 
 def _text_frame_schema(fields: dict[str, str]) -> dict[str, pl.DataType]:
@@ -165,7 +169,10 @@ def _json_problem(line: str) -> str:
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError as error:
-        return f"line is not valid JSON ({error.msg} at character {error.pos + 1}): each line must be one complete JSON object"
+        return (
+            f"line is not valid JSON ({error.msg} at character {error.pos + 1}): "
+            "each line must be one complete JSON object"
+        )
     return f"line is a JSON {type(value).__name__}, not an object: each line must be one JSON object"
 
 
@@ -177,91 +184,93 @@ def _append_error(errors: pl.Expr, condition: pl.Expr, message: pl.Expr) -> pl.E
     )
 
 
-def _decode_json_strings(values: pl.Series) -> pl.Series:
-    """JSON text of scalar values -> their text: strings unquoted, numbers as written."""
-    is_string = values.str.starts_with('"')
-    plain = pl.select(
-        pl.when(is_string).then(values.str.slice(1, values.str.len_chars() - 2)).otherwise(values)
-    ).to_series()
-    escaped = (is_string & values.str.contains("\\", literal=True)).fill_null(False)
-    if escaped.any():
-        positions = escaped.arg_true()
-        decoded = pl.Series([orjson.loads(text) for text in values.gather(positions).to_list()], dtype=pl.String)
-        plain = plain.scatter(positions, decoded)
-    return plain
-
-
 def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str, pl.Series]:
     """Columns of JSON value text (one per field, null when absent or null) -> text frame columns."""
-    height = values.height
-    field_errors = pl.Series("field_errors", [None] * height, dtype=pl.String)
-    out: dict[str, pl.Series] = {}
+    exprs: list[pl.Expr] = []
+    errors: list[pl.Expr] = []
+    escaped: list[str] = []
     for name, kind in fields.items():
-        column = values.get_column(name)
-        first = column.str.slice(0, 1)
+        value = pl.col(name)
         if kind == PROPERTIES:
-            is_object = first == "{"
-            out["properties"] = pl.select(
-                pl.when(column.is_null()).then(pl.lit("{}")).when(is_object).then(column)
-            ).to_series()
-            out["properties_text"] = pl.select(pl.when(~is_object).then(column)).to_series()
+            is_object = value.str.starts_with("{")
+            exprs.append(pl.when(value.is_null()).then(pl.lit("{}")).when(is_object).then(value).alias("properties"))
+            exprs.append(pl.when(~is_object).then(value).alias("properties_text"))
             continue
-        text = _decode_json_strings(column)
+        # Only JSON strings start with a quote; the common ones have no escapes and just lose their quotes.
+        text = value.str.strip_prefix('"').str.strip_suffix('"')
+        is_string = value.str.starts_with('"')
+        exprs.append((is_string & value.str.contains("\\", literal=True)).alias(f"_escaped_{name}"))
+        escaped.append(name)
         if kind == FLAG:
-            out[f"{name}_text"] = text
+            exprs.append(text.alias(f"{name}_text"))
             continue
         # Strings, and integers (a numeric id is still an id); anything else is a mistake worth naming.
-        is_number = first.is_in(["-", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"])
-        is_integer = is_number & ~column.str.contains(r"[.eE]")
-        wrong = ~((first == '"') | is_integer).fill_null(True)
-        if wrong.any():
-            field_errors = pl.select(
-                _append_error(pl.lit(field_errors), wrong, pl.lit(f"{name} must be text, got ") + column)
-            ).to_series()
-            text = pl.select(pl.when(~wrong).then(text)).to_series()
-        out[name] = text
-    out["field_errors"] = field_errors
-    return out
+        wrong = value.is_not_null() & ~(is_string | value.str.contains(r"^-?[0-9]+$"))
+        exprs.append(pl.when(~wrong).then(text).alias(name))
+        errors.append(pl.when(wrong).then(pl.lit(f"{name} must be text, got ") + value))
+    field_errors = pl.concat_str(errors, separator="; ", ignore_nulls=True) if errors else pl.lit(None, dtype=pl.String)
+    exprs.append(pl.when(field_errors != "").then(field_errors).alias("field_errors"))
+    out = values.select(exprs)
+    for name in escaped:
+        # Rare: a string with escapes (a quote, a backslash, \u00e9) is decoded properly, row by row.
+        mask = out.get_column(f"_escaped_{name}").fill_null(False)
+        if mask.any():
+            target = f"{name}_text" if fields[name] == FLAG else name
+            positions = mask.arg_true()
+            decoded = [orjson.loads(text) for text in values.get_column(name).gather(positions).to_list()]
+            out = out.with_columns(out.get_column(target).scatter(positions, pl.Series(decoded, dtype=pl.String)))
+    return {name: out.get_column(name) for name in out.columns if not name.startswith("_escaped_")}
 
 
 def _jsonl_text_frame(lines: pl.DataFrame, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """lines (source_line, raw) -> a text frame."""
-    checked = lines.with_columns(
-        is_json=_query(json_con, "landing_lines", lines.select("raw"), "select json_valid(raw) as ok from landing_lines")
-        .get_column("ok")
-        .fill_null(False)
-    )
-    is_object = pl.col("is_json") & pl.col("raw").str.strip_chars_start().str.starts_with("{")
-    objects = checked.filter(is_object)
-    broken = checked.filter(~is_object)
     structure = orjson.dumps({name: "JSON" for name in fields}).decode()
-    values = _query(
-        json_con,
-        "landing_objects",
-        objects.select("raw"),
-        f"select unnest(from_json(raw, '{structure}')) from landing_objects",
-    )
+    json_con.register("landing_lines", lines.select("source_line", "raw").to_arrow())
+    try:
+        # from_json raises on anything but an object, so other lines get '{}' in their place: one
+        # pass over the lines, in their order, and the Python side only explains the bad ones.
+        values = json_con.sql(
+            f"""
+            select source_line, is_json,
+                   unnest(from_json(case when is_json and starts_with(ltrim(raw), '{{') then raw else '{{}}' end,
+                                    '{structure}'))
+            from (select source_line, raw, json_valid(raw) as is_json from landing_lines)
+            """
+        ).pl()
+    finally:
+        json_con.unregister("landing_lines")
+    values = values.with_columns(pl.col("source_line").cast(pl.Int64))
+    if not values.get_column("source_line").equals(lines.get_column("source_line")):
+        values = values.sort("source_line")  # DuckDB keeps insertion order; this only guards it
+    is_json = values.get_column("is_json").fill_null(False)
+    is_object = is_json & lines.get_column("raw").str.strip_chars_start().str.starts_with("{")
+    parse_error = pl.Series("parse_error", [None] * lines.height, dtype=pl.String)
+    parse_kind = pl.Series("parse_kind", [None] * lines.height, dtype=pl.String)
+    if not is_object.all():
+        broken = (~is_object).arg_true()
+        texts = lines.get_column("raw").gather(broken).to_list()
+        parse_error = parse_error.scatter(broken, pl.Series([_json_problem(text) for text in texts], dtype=pl.String))
+        kinds = ["not_object" if ok else "not_json" for ok in is_json.gather(broken).to_list()]
+        parse_kind = parse_kind.scatter(broken, pl.Series(kinds, dtype=pl.String))
     schema = _text_frame_schema(fields)
-    good = pl.DataFrame(
-        {
-            "source_line": objects.get_column("source_line"),
-            "raw": objects.get_column("raw"),
-            "parse_error": pl.Series([None] * objects.height, dtype=pl.String),
-            "parse_kind": pl.Series([None] * objects.height, dtype=pl.String),
-            **_fields_from_json(values, fields),
-        }
-    ).select(list(schema))
-    bad_lines = broken.get_column("raw").to_list()
-    bad = pl.DataFrame(
-        {
-            "source_line": broken.get_column("source_line"),
-            "raw": broken.get_column("raw"),
-            "parse_error": [_json_problem(line) for line in bad_lines],
-            "parse_kind": ["not_json" if not ok else "not_object" for ok in broken.get_column("is_json").to_list()],
-        },
-        schema={name: schema[name] for name in ("source_line", "raw", "parse_error", "parse_kind")},
-    )
-    return pl.concat([good.cast(schema), bad], how="diagonal_relaxed").select(list(schema)).cast(schema)
+    columns = {
+        "source_line": lines.get_column("source_line"),
+        "raw": lines.get_column("raw"),
+        "parse_error": parse_error,
+        "parse_kind": parse_kind,
+        **_fields_from_json(values, fields),
+    }
+    return pl.DataFrame({name: columns[name].alias(name) for name in schema}, schema=schema)
+
+
+def _lines(data: bytes, first_line: int) -> pl.DataFrame:
+    """Numbered lines, "\r\n" or "\n"; bytes that are not UTF-8 become U+FFFD rather than losing the line."""
+    try:
+        lines = pl.read_lines(data, name="raw", row_index_name="source_line", row_index_offset=first_line)
+    except pl.exceptions.ComputeError:
+        repaired = data.decode("utf-8", errors="replace").encode()
+        lines = pl.read_lines(repaired, name="raw", row_index_name="source_line", row_index_offset=first_line)
+    return lines.with_columns(pl.col("source_line").cast(pl.Int64))
 
 
 def _read_jsonl(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> Iterator[pl.DataFrame]:
@@ -270,48 +279,44 @@ def _read_jsonl(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyCon
         while data := handle.read(JSONL_CHUNK_BYTES):
             if not data.endswith(b"\n"):
                 data += handle.readline()  # finish the last line: a chunk never splits one
-            text = data.decode("utf-8", errors="replace")
-            if next_line == 1 and text.startswith("\ufeff"):
-                text = text[1:]  # a BOM from a Windows editor is not part of the JSON
-            split = text.split("\n")
-            if split[-1] == "":
-                split.pop()
-            lines = pl.DataFrame(
-                {
-                    "source_line": pl.int_range(next_line, next_line + len(split), eager=True),
-                    "raw": pl.Series(split, dtype=pl.String).str.strip_suffix("\r"),
-                }
-            )
-            next_line += len(split)
+            if next_line == 1 and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]  # a BOM from a Windows editor is not part of the JSON
+            lines = _lines(data, next_line)
+            next_line += lines.height
             yield _jsonl_text_frame(lines.filter(pl.col("raw").str.strip_chars() != ""), fields, json_con)
 
 
 def _normalise_properties(texts: pl.Series, json_con: duckdb.DuckDBPyConnection) -> tuple[pl.Series, pl.Series]:
-    """JSON text from a CSV/Parquet column -> (object text as DuckDB minifies it, '{}' when blank, null when
-    not an object; the offending text)."""
-    texts = texts.cast(pl.String)
-    distinct = pl.DataFrame({"text": texts.drop_nulls().unique()}).filter(pl.col("text").str.strip_chars() != "")
-    valid = distinct.with_columns(
-        ok=_query(json_con, "property_texts", distinct, "select json_valid(text) as ok from property_texts")
-        .get_column("ok")
-        .fill_null(False)
-    ).filter("ok")
-    minified = _query(json_con, "property_jsons", valid.select("text"), "select text, json(text)::varchar as minified from property_jsons")
-    objects = minified.filter(pl.col("minified").str.starts_with("{") | (pl.col("minified") == "null"))
-    mapped = texts.replace_strict(
-        objects.get_column("text"),
-        objects.get_column("minified").replace("null", "{}"),
-        default=None,
-        return_dtype=pl.String,
+    """JSON text from a CSV/Parquet column -> (the object minified as DuckDB does for JSONL, '{}' when
+    blank or null, null when not an object; the offending text)."""
+    texts = texts.cast(pl.String).alias("text")
+    # json() raises on invalid text, so invalid text is swapped for 'null' before it gets there.
+    minified = _query(
+        json_con,
+        "property_texts",
+        texts.to_frame(),
+        "select json_valid(text) as is_json, "
+        "json(case when json_valid(text) then text else 'null' end)::varchar as minified from property_texts",
     )
-    blank = texts.is_null() | (texts.str.strip_chars() == "")
-    properties = pl.select(pl.when(blank).then(pl.lit("{}")).otherwise(mapped)).to_series()
+    is_json = minified.get_column("is_json").fill_null(False)
+    minified_text = minified.get_column("minified")
+    blank = (texts.is_null() | (texts.str.strip_chars() == "")).fill_null(True)
+    properties = pl.select(
+        pl.when(blank | (is_json & (minified_text == "null")))
+        .then(pl.lit("{}"))
+        .when(is_json & minified_text.str.starts_with("{"))
+        .then(minified_text)
+    ).to_series()
     offending = pl.select(pl.when(properties.is_null()).then(texts)).to_series()
     return properties.alias("properties"), offending.alias("properties_text")
 
 
 def _text_frame_from_columns(
-    frame: pl.DataFrame, fields: dict[str, str], source_line: pl.Series, raw: pl.Series, json_con: duckdb.DuckDBPyConnection
+    frame: pl.DataFrame,
+    fields: dict[str, str],
+    source_line: pl.Series,
+    raw: pl.Series,
+    json_con: duckdb.DuckDBPyConnection,
 ) -> pl.DataFrame:
     """CSV/Parquet columns (any dtype) -> a text frame."""
     height = frame.height
@@ -329,7 +334,8 @@ def _text_frame_from_columns(
             if isinstance(dtype, pl.Struct):
                 column = pl.select(pl.when(column.is_not_null()).then(column.struct.json_encode())).to_series()
             elif dtype not in (pl.String, pl.Null):
-                column = pl.Series(name, [None if value is None else _json_text(value) for value in column.to_list()], dtype=pl.String)
+                texts = [None if value is None else _json_text(value) for value in column.to_list()]
+                column = pl.Series(name, texts, dtype=pl.String)
             out["properties"], out["properties_text"] = _normalise_properties(column, json_con)
             continue
         if isinstance(dtype, pl.Datetime):
@@ -352,11 +358,14 @@ def _text_frame_from_columns(
     return pl.DataFrame({name: out[name].alias(name) for name in schema}, schema=schema)
 
 
-def _rows_as_json(frame: pl.DataFrame) -> pl.Series:
-    """Each row as a JSON object: the "raw text" of a row that has no line of its own."""
-    if frame.width == 0:
-        return pl.Series("raw", ["{}"] * frame.height, dtype=pl.String)
-    return frame.select(pl.struct(pl.all()).struct.json_encode().alias("raw")).to_series()
+def _with_original_rows(text_frame: pl.DataFrame, original: pl.DataFrame) -> pl.DataFrame:
+    """Keep each row's original values beside a text frame whose rows have no line of their own.
+
+    They become the row's "raw text" (as JSON) only if it is rejected, so good rows never pay for it.
+    """
+    if original.width == 0:
+        return text_frame
+    return text_frame.with_columns(original.select(pl.struct(pl.all()).alias("_original")).to_series())
 
 
 def _read_csv(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> Iterator[pl.DataFrame]:
@@ -365,7 +374,7 @@ def _read_csv(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConne
         infer_schema=False,
         truncate_ragged_lines=True,
         encoding="utf8-lossy",
-        missing_utf8_is_empty_string=False,
+        raise_if_empty=False,
     )
     tidy = {name: name.strip().lower() for name in frame.columns}
     if len(set(tidy.values())) == len(tidy):
@@ -377,21 +386,21 @@ def _read_csv(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConne
     if len(data_lines) == frame.height:
         source_line = pl.Series("source_line", [number for number, _ in data_lines], dtype=pl.Int64)
         raw = pl.Series("raw", [text for _, text in data_lines], dtype=pl.String)
+        yield _text_frame_from_columns(frame, fields, source_line, raw, json_con)
     else:
         source_line = pl.int_range(2, 2 + frame.height, eager=True).alias("source_line")
-        raw = _rows_as_json(frame)
-    yield _text_frame_from_columns(frame, fields, source_line, raw, json_con)
+        no_text = pl.Series("raw", [None] * frame.height, dtype=pl.String)
+        yield _with_original_rows(_text_frame_from_columns(frame, fields, source_line, no_text, json_con), frame)
 
 
 def _read_parquet(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> Iterator[pl.DataFrame]:
-    import pyarrow.parquet as pq
-
     row_number = 1  # a Parquet "line" is the row's position in the file
     for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
         source_line = pl.int_range(row_number, row_number + frame.height, eager=True).alias("source_line")
-        yield _text_frame_from_columns(frame, fields, source_line, _rows_as_json(frame), json_con)
+        no_text = pl.Series("raw", [None] * frame.height, dtype=pl.String)
+        yield _with_original_rows(_text_frame_from_columns(frame, fields, source_line, no_text, json_con), frame)
         row_number += frame.height
 
 
@@ -401,20 +410,29 @@ READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
 # --- from text to typed values ----------------------------------------------------------------------
 
 
-def parse_timestamp(text: pl.Expr) -> pl.Expr:
+_ISO_WITH_OFFSET = "%Y-%m-%dT%H:%M:%S%.f%#z"  # %#z: Z, +01:00, +0100 or +01
+
+
+def _to_utc(text: pl.Series) -> pl.Series:
+    parsed = text.str.to_datetime(_ISO_WITH_OFFSET, strict=False, time_unit="us")
+    return parsed.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+
+
+def parse_timestamps(text: pl.Series) -> pl.Series:
     """ISO 8601 with offset -> naive UTC; null for anything else (no offset, not a date, 2026-13-01)."""
-    normalised = (
-        text.str.strip_chars()
-        .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T")
-        .str.replace(r"[zZ]$", "+00:00")
-        .str.replace(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})([+-])", "${1}:00${2}")
-        .str.replace(r"([+-]\d{2})$", "${1}:00")
-    )
-    return (
-        normalised.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%z", strict=False, time_unit="us")
-        .dt.convert_time_zone("UTC")
-        .dt.replace_time_zone(None)
-    )
+    text = text.str.strip_chars()
+    parsed = _to_utc(text)
+    retry = (parsed.is_null() & text.is_not_null()).fill_null(False)
+    if retry.any():
+        # Less common spellings: a space for the T, minutes without seconds.
+        positions = retry.arg_true()
+        respelled = (
+            text.gather(positions)
+            .str.replace(r"^(\d{4}-\d{2}-\d{2})[ tT]", "${1}T")
+            .str.replace(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2})([-+zZ])", "${1}:00${2}")
+        )
+        parsed = parsed.scatter(positions, _to_utc(respelled))
+    return parsed
 
 
 def _blank_to_null(column: str) -> pl.Expr:
@@ -440,7 +458,7 @@ def typed_frame(text_frame: pl.DataFrame, fields: dict[str, str]) -> pl.DataFram
             exprs.append(_parse_flag(f"{name}_text").alias(name))
         elif name in TIMESTAMP_FIELDS:
             exprs.append(pl.col(name).alias(f"{name}_text"))
-            exprs.append(parse_timestamp(pl.col(name)).alias(name))
+            exprs.append(pl.col(name).map_batches(parse_timestamps, return_dtype=pl.Datetime("us")).alias(name))
         elif name == "status":
             exprs.append(_blank_to_null(name).str.to_lowercase())
         elif kind == TEXT:
@@ -479,9 +497,7 @@ def _incoming(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) ->
 
 def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
     # The first row of an id wins inside a chunk; against the table, the stored row wins.
-    frame = frame.unique(subset="event_id", keep="first", maintain_order=True)
-    # Keys in order make the primary key's index inserts much cheaper (about twice as fast).
-    _incoming(con, "incoming_events", frame.sort("event_id"))
+    _incoming(con, "incoming_events", frame.filter(pl.col("event_id").is_first_distinct()))
     try:
         inserted = con.execute(
             """
@@ -492,10 +508,10 @@ def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
             from incoming_events as i
             where not exists (select 1 from raw.events as e where e.event_id = i.event_id)
             """
-        ).fetchone()
+        ).fetchall()
     finally:
         con.unregister("incoming_events")
-    return int(inserted[0]) if inserted else 0
+    return int(inserted[0][0]) if inserted else 0
 
 
 def _upsert_contacts(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
@@ -528,10 +544,10 @@ def _upsert_contacts(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int
                 source_line = excluded.source_line,
                 loaded_at = excluded.loaded_at
             """
-        ).fetchone()
+        ).fetchall()
     finally:
         con.unregister("incoming_contacts")
-    return int(changed[0]) if changed else 0
+    return int(changed[0][0]) if changed else 0
 
 
 def _insert_rejections(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> None:
@@ -589,7 +605,10 @@ def _load_chunk(
     parsed = typed_frame(text_frame.filter(pl.col("parse_error").is_null()), target.fields)
     valid, rejections = target.validate(parsed)
 
-    rejected = parsed.select("source_line", "raw").gather(rejections["index"])
+    rejected = parsed.gather(rejections["index"])
+    if "_original" in rejected.columns:
+        rejected = rejected.with_columns(raw=pl.coalesce("raw", pl.col("_original").struct.json_encode()))
+    rejected = rejected.select("source_line", "raw")
     result.reject_reasons.update(unparsed["parse_kind"].to_list())
     for kinds in rejections["kinds"].to_list():
         result.reject_reasons.update(kinds)
@@ -642,13 +661,19 @@ def _already_loaded(con: duckdb.DuckDBPyConnection, table: str, path: str, size:
         con.execute(
             "select 1 from raw.loaded_files where source_table = ? and path = ? and size = ? and mtime_ns = ? limit 1",
             [table, path, size, mtime_ns],
-        ).fetchone()
-        is not None
+        ).fetchall()
+        != []
     )
 
 
 def _record_file(
-    con: duckdb.DuckDBPyConnection, table: str, path: str, size: int, mtime_ns: int, result: _FileResult, loaded_at: datetime
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    path: str,
+    size: int,
+    mtime_ns: int,
+    result: _FileResult,
+    loaded_at: datetime,
 ) -> None:
     con.execute(
         "insert into raw.loaded_files (source_table, path, size, mtime_ns, rows_loaded, rows_rejected, loaded_at) "
@@ -659,70 +684,128 @@ def _record_file(
 
 # Reading a file can fail as a whole (a corrupt Parquet footer, bytes that are no CSV). Only the
 # readers are guarded by these: a failure while checking or writing rows is a bug and must surface.
-_UNREADABLE_FILE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, pl.exceptions.PolarsError)
-try:
-    import pyarrow
+_UNREADABLE_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    pl.exceptions.ComputeError,
+    pl.exceptions.NoDataError,
+    pyarrow.ArrowException,
+)
 
-    _UNREADABLE_FILE_ERRORS += (pyarrow.ArrowException,)
-except ImportError:  # pragma: no cover
-    pass
+
+@dataclass
+class _PendingFile:
+    path: Path
+    source_file: str
+    size: int
+    mtime_ns: int
 
 
-def _ingest(con: duckdb.DuckDBPyConnection, landing_dir: Path, target: _Target, loaded_at: datetime | None) -> IngestReport:
+class _UnreadableFileError(Exception):
+    def __init__(self, pending: _PendingFile, cause: BaseException):
+        super().__init__(str(cause))
+        self.pending = pending
+        self.cause = cause
+
+
+def _pending_files(con: duckdb.DuckDBPyConnection, folder: Path, table: str) -> tuple[list[_PendingFile], int]:
+    """New or changed files, and how many are unchanged since they were loaded."""
+    pending, unchanged = [], 0
+    for path in landing_files(folder):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue  # moved away between listing and reading
+        source_file = str(path.resolve())
+        if _already_loaded(con, table, source_file, stat.st_size, stat.st_mtime_ns):
+            unchanged += 1
+        else:
+            pending.append(_PendingFile(path, source_file, stat.st_size, stat.st_mtime_ns))
+    return pending, unchanged
+
+
+def _add(report: IngestReport, result: _FileResult) -> None:
+    report.files_loaded += 1
+    report.rows_read += result.rows_read
+    report.rows_loaded += result.rows_loaded
+    report.rows_duplicate += result.rows_duplicate
+    report.rows_rejected += result.rows_rejected
+    report.reject_reasons.update(result.reject_reasons)
+
+
+def _ingest(
+    con: duckdb.DuckDBPyConnection, landing_dir: Path, target: _Target, loaded_at: datetime | None
+) -> IngestReport:
     ensure_raw_tables(con)
     report = IngestReport(table=target.table)
     loaded_at = (loaded_at or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    pending, report.files_skipped = _pending_files(con, Path(landing_dir) / target.table, target.table)
     # Parsing gets its own in-memory connection, so the warehouse's transactions hold only writes.
     with duckdb.connect() as json_con:
-        for path in landing_files(Path(landing_dir) / target.table):
+        start = 0
+        while start < len(pending):
             try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue  # moved away between listing and reading
-            source_file = str(path.resolve())
-            if _already_loaded(con, target.table, source_file, stat.st_size, stat.st_mtime_ns):
-                report.files_skipped += 1
-                continue
-            result = _load_file(con, json_con, target, path, source_file, stat.st_size, stat.st_mtime_ns, loaded_at)
-            report.files_loaded += 1
-            report.rows_read += result.rows_read
-            report.rows_loaded += result.rows_loaded
-            report.rows_duplicate += result.rows_duplicate
-            report.rows_rejected += result.rows_rejected
-            report.reject_reasons.update(result.reject_reasons)
+                start = _load_batch(con, json_con, target, pending, start, loaded_at, report)
+            except _UnreadableFileError as error:
+                # The batch in progress was rolled back: record the file on its own, then redo the batch.
+                _add(report, _unreadable_file(con, target.table, error.pending, error.cause, loaded_at))
+                pending.remove(error.pending)
     return report
+
+
+def _load_batch(
+    con: duckdb.DuckDBPyConnection,
+    json_con: duckdb.DuckDBPyConnection,
+    target: _Target,
+    pending: list[_PendingFile],
+    start: int,
+    loaded_at: datetime,
+    report: IngestReport,
+) -> int:
+    """Load files from `start` in one transaction until about COMMIT_EVERY_ROWS rows; return where to go on.
+
+    A file's rows, its rejections and its raw.loaded_files entry always commit together. Several files
+    share a transaction because DuckDB writes a large transaction straight to the table's storage,
+    while many small commits each go through the write-ahead log and a checkpoint.
+    """
+    results: list[_FileResult] = []
+    rows = 0
+    position = start
+    con.begin()
+    try:
+        while position < len(pending) and (rows < COMMIT_EVERY_ROWS or not results):
+            file = pending[position]
+            result = _load_file(con, json_con, target, file, loaded_at)
+            results.append(result)
+            rows += result.rows_read
+            position += 1
+        con.commit()
+    except BaseException:
+        _rollback_if_open(con)
+        raise
+    for result in results:
+        _add(report, result)
+    return position
 
 
 def _load_file(
     con: duckdb.DuckDBPyConnection,
     json_con: duckdb.DuckDBPyConnection,
     target: _Target,
-    path: Path,
-    source_file: str,
-    size: int,
-    mtime_ns: int,
+    file: _PendingFile,
     loaded_at: datetime,
 ) -> _FileResult:
-    """One file, one transaction: its rows, its rejections and its loaded_files entry land together."""
-    reader = READERS[LANDING_SUFFIXES[path.suffix.lower()]]
+    reader = READERS[LANDING_SUFFIXES[file.path.suffix.lower()]]
     result = _FileResult()
-    con.begin()
-    try:
-        chunks = reader(path, target.fields, json_con)
-        while True:
-            try:
-                chunk = next(chunks, None)
-            except _UNREADABLE_FILE_ERRORS as error:
-                con.rollback()
-                return _unreadable_file(con, target.table, source_file, error, size, mtime_ns, loaded_at)
-            if chunk is None:
-                break
-            _load_chunk(con, target, chunk, source_file, loaded_at, result)
-        _record_file(con, target.table, source_file, size, mtime_ns, result, loaded_at)
-        con.commit()
-    except BaseException:
-        _rollback_if_open(con)
-        raise
+    chunks = reader(file.path, target.fields, json_con)
+    while True:
+        try:
+            chunk = next(chunks, None)
+        except _UNREADABLE_FILE_ERRORS as error:
+            raise _UnreadableFileError(file, error) from error
+        if chunk is None:
+            break
+        _load_chunk(con, target, chunk, file.source_file, loaded_at, result)
+    _record_file(con, target.table, file.source_file, file.size, file.mtime_ns, result, loaded_at)
     return result
 
 
@@ -734,7 +817,7 @@ def _rollback_if_open(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _unreadable_file(
-    con: duckdb.DuckDBPyConnection, table: str, source_file: str, error: BaseException, size: int, mtime_ns: int, loaded_at: datetime
+    con: duckdb.DuckDBPyConnection, table: str, file: _PendingFile, error: BaseException, loaded_at: datetime
 ) -> _FileResult:
     """The whole file is one rejection; it is recorded so it is retried only once it changes."""
     result = _FileResult(rows_read=1, rows_rejected=1, reject_reasons=Counter({"unreadable_file": 1}))
@@ -746,7 +829,7 @@ def _unreadable_file(
             pl.DataFrame(
                 {
                     "source_table": [table],
-                    "source_file": [source_file],
+                    "source_file": [file.source_file],
                     "line": [None],
                     "raw": [None],
                     "reason": [f"the file could not be read ({type(error).__name__}: {message}); fix or replace it"],
@@ -755,20 +838,24 @@ def _unreadable_file(
                 schema=REJECTIONS_FRAME_SCHEMA,
             ),
         )
-        _record_file(con, table, source_file, size, mtime_ns, result, loaded_at)
+        _record_file(con, table, file.source_file, file.size, file.mtime_ns, result, loaded_at)
         con.commit()
     except BaseException:
-        con.rollback()
+        _rollback_if_open(con)
         raise
     return result
 
 
-def ingest_events(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, loaded_at: datetime | None = None) -> IngestReport:
+def ingest_events(
+    con: duckdb.DuckDBPyConnection, landing_dir: Path, *, loaded_at: datetime | None = None
+) -> IngestReport:
     """Load new or changed files under `landing_dir/events` into raw.events."""
     return _ingest(con, landing_dir, EVENTS, loaded_at)
 
 
-def ingest_contacts(con: duckdb.DuckDBPyConnection, landing_dir: Path, *, loaded_at: datetime | None = None) -> IngestReport:
+def ingest_contacts(
+    con: duckdb.DuckDBPyConnection, landing_dir: Path, *, loaded_at: datetime | None = None
+) -> IngestReport:
     """Load new or changed files under `landing_dir/contacts` into raw.contacts (newest updated_at wins)."""
     return _ingest(con, landing_dir, CONTACTS, loaded_at)
 
@@ -852,8 +939,7 @@ def _run_ingest(
     with warehouse.connect() as con:
         ensure_raw_tables(con)
         report = ingest(con, landing.directory)
-        row = con.execute(f"select count(*) from raw.{report.table}").fetchone()
-    row_count = int(row[0]) if row else 0
+        ((row_count,),) = con.execute(f"select count(*) from raw.{report.table}").fetchall()
     context.log.info(
         f"raw.{report.table}: {report.files_loaded} files loaded, {report.files_skipped} unchanged; "
         f"{report.rows_loaded} rows loaded, {report.rows_duplicate} duplicates, {report.rows_rejected} rejected"

@@ -108,6 +108,22 @@ EVENT_BAD_KINDS = (
 TEXT_ONLY_BAD_KINDS = frozenset({"not_json", "truncated"})
 CONTACT_BAD_KINDS = ("invalid_email", "unknown_status", "missing_contact_id", "updated_at_without_offset")
 
+class _SampleRandom(random.Random):
+    """random.Random with integer draws built on random(): several times cheaper than the stdlib's
+    exact rejection sampling, still fully determined by the seed, and the bias is far below noise."""
+
+    def randint(self, a: int, b: int) -> int:
+        return a + int(self.random() * (b - a + 1))
+
+    def randrange(self, start: int, stop: int | None = None) -> int:  # type: ignore[override]
+        if stop is None:
+            start, stop = 0, start
+        return start + int(self.random() * (stop - start))
+
+    def choice(self, seq):  # type: ignore[override]
+        return seq[int(self.random() * len(seq))]
+
+
 _MASK64 = (1 << 64) - 1
 _ORDER_SALT = 0x5DEECE66D
 
@@ -133,14 +149,18 @@ def _offset_suffix(offset_seconds: int) -> str:
     return f"{sign}{hours:02d}:{minutes:02d}"
 
 
-@lru_cache(maxsize=65536)
-def _utc_offset(timezone_name: str, epoch_day: int) -> int:
-    """The zone's offset at noon UTC of that day: close enough for a sample, and real (DST included)."""
+@lru_cache(maxsize=1 << 18)
+def _utc_offset_at_hour(timezone_name: str, epoch_hour: int) -> int:
     if not timezone_name:
         return 0
-    noon = datetime(1970, 1, 1, 12, tzinfo=UTC) + timedelta(days=epoch_day)
-    offset = noon.astimezone(ZoneInfo(timezone_name)).utcoffset()
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=epoch_hour)
+    offset = moment.astimezone(ZoneInfo(timezone_name)).utcoffset()
     return int(offset.total_seconds()) if offset is not None else 0
+
+
+def utc_offset(timezone_name: str, epoch_seconds: int) -> int:
+    """The zone's real offset at that instant (DST included); zones change offset on the hour."""
+    return _utc_offset_at_hour(timezone_name, epoch_seconds // 3600)
 
 
 def format_timestamp(epoch_seconds: int, offset_seconds: int = 0, *, millis: int | None = None, z: bool = True) -> str:
@@ -184,7 +204,8 @@ class GenerationSummary:
         return "\n".join(
             [
                 f"Sample data in {self.out_dir}",
-                f"  contacts: {self.contacts} ({self.contact_rows} rows, {self.superseded_contact_rows} older versions)",
+                f"  contacts: {self.contacts} "
+                f"({self.contact_rows} rows, {self.superseded_contact_rows} older versions)",
                 f"  events: {self.events} ({by_name})",
                 f"  bad rows: {self.bad_rows} ({self.bad_event_rows} events, {self.bad_contact_rows} contacts), "
                 f"duplicate event rows: {self.duplicate_event_rows}",
@@ -240,9 +261,8 @@ class _EventSink:
             self.write(row)  # type: ignore[arg-type]
         elif self._csv is not None:
             properties = orjson.dumps(fields["properties"]).decode() if "properties" in fields else ""
-            self._csv.writerow(
-                (*(fields.get(name, "") for name in EVENT_COLUMNS[:4]), properties, "true" if fields.get("is_syncing") else "")
-            )
+            flag = "true" if fields.get("is_syncing") else ""
+            self._csv.writerow((*(fields.get(name, "") for name in EVENT_COLUMNS[:4]), properties, flag))
         else:
             assert self._handle is not None
             self._handle.write(orjson.dumps(fields).decode() + "\n")
@@ -293,7 +313,7 @@ def jsonl_line(row: EventRow) -> str:
 
 class _Simulation:
     def __init__(self, out_dir: Path, *, contacts: int, days: int, end: datetime, seed: int, bad_rows: bool, fmt: str):
-        self.rng = random.Random(seed)
+        self.rng = _SampleRandom(seed)
         self.seed = seed
         self.out_dir = out_dir
         self.contacts = contacts
@@ -368,14 +388,17 @@ class _Simulation:
             begin = max(signup_ts, self.start_ts)
             active_until = begin + rng.randrange(max(1, self.end_ts - begin))
         # The hour people open a fitness app, in their own day (7:00-22:00), moved to UTC.
-        local_offset_hours = _utc_offset(timezone_name, self.end_ts // 86400) // 3600
+        local_offset_hours = utc_offset(timezone_name, self.end_ts) // 3600
 
         events: list[tuple[int, str, dict | None]] = []
         history: list[tuple[int, str, dict | None]] = []
         timeline = history if imported else events
         timeline.append((signup_ts, "signed_up", {"source": rng.choice(SIGNUP_SOURCES)}))
         if rng.random() < 0.6:
-            timeline.append((signup_ts + rng.randint(-1800, 7200), "app_installed", {"platform": rng.choice(PLATFORMS)}))
+            installed = signup_ts + rng.randint(-1800, 7200)  # some install first, then sign up
+            if not imported:
+                installed = max(installed, self.start_ts)  # live events stay inside the window
+            timeline.append((installed, "app_installed", {"platform": rng.choice(PLATFORMS)}))
         if imported:
             for _ in range(rng.randint(0, 3)):
                 moment = signup_ts + rng.randrange(max(1, self.start_ts - signup_ts))
@@ -386,14 +409,15 @@ class _Simulation:
         plan_changed_ts = signup_ts
         carts: list[tuple[int, bool]] = []  # (last add, purchased in the window)
 
-        first_day = max(signup_ts, self.start_ts) // 86400
+        live_from = max(signup_ts, self.start_ts)
+        first_day = live_from // 86400
         last_day = (self.end_ts - 1) // 86400
         for epoch_day in range(first_day, last_day + 1):
             if rng.random() >= daily_probability:
                 continue
             local_hour = rng.randint(7, 22)
             session = epoch_day * 86400 + ((local_hour - local_offset_hours) % 24) * 3600 + rng.randrange(3600)
-            if session < signup_ts or session >= active_until:
+            if session < live_from or session >= active_until:
                 continue
             events.append((session, "logged_in", {"platform": rng.choice(PLATFORMS)} if rng.random() < 0.5 else None))
             moment = session
@@ -483,15 +507,14 @@ class _Simulation:
                 for p in lines.values()
             ]
             total = round(sum(p["price"] * p["quantity"] for p in products), 2)
-            events.append(
-                (purchase_at, "purchased", {"order_id": self.next_order_id(), "total": total, "currency": "USD", "products": products})
-            )
+            order = {"order_id": self.next_order_id(), "total": total, "currency": "USD", "products": products}
+            events.append((purchase_at, "purchased", order))
         carts.append((last_add, purchased))
         return moment
 
     def timestamp(self, epoch_seconds: int, timezone_name: str, style: str) -> str:
         if style == "local":
-            return format_timestamp(epoch_seconds, _utc_offset(timezone_name, epoch_seconds // 86400))
+            return format_timestamp(epoch_seconds, utc_offset(timezone_name, epoch_seconds))
         if style == "millis":
             return format_timestamp(epoch_seconds, millis=(epoch_seconds * 7919) % 1000)
         return format_timestamp(epoch_seconds, z=style == "z")
@@ -566,15 +589,24 @@ class _Simulation:
             if self.summary.bad_rows_by_kind[kind] or (self.fmt == "parquet" and kind in TEXT_ONLY_BAD_KINDS):
                 continue
             moment = self.end_ts - 1800 - self.rng.randrange(3600)
-            row: EventRow = (self.next_event_id(), self.contact_id(1), "logged_in", format_timestamp(moment), None, False)
+            event_id = self.next_event_id()
+            row: EventRow = (event_id, self.contact_id(1), "logged_in", format_timestamp(moment), None, False)
             self.write_bad_event(sink, row, kind)
 
     def write_bad_contacts(self, contacts_out: IO[str]) -> None:
         updated_at = format_timestamp(self.end_ts - 7200)
         base = {"first_name": "Pat", "last_name": "Doe", "timezone": "Europe/Berlin", "properties": {"plan": "free"}}
         rows = {
-            "invalid_email": {"contact_id": self.contact_id(self.contacts + 1), "email": "not-an-email", "status": "subscribed"},
-            "unknown_status": {"contact_id": self.contact_id(self.contacts + 2), "email": "pat.doe@example.com", "status": "active"},
+            "invalid_email": {
+                "contact_id": self.contact_id(self.contacts + 1),
+                "email": "not-an-email",
+                "status": "subscribed",
+            },
+            "unknown_status": {
+                "contact_id": self.contact_id(self.contacts + 2),
+                "email": "pat.doe@example.com",
+                "status": "active",
+            },
             "missing_contact_id": {"email": "nobody@example.com", "status": "subscribed"},
             "updated_at_without_offset": {
                 "contact_id": self.contact_id(self.contacts + 3),
@@ -647,7 +679,13 @@ def main(argv: list[str] | None = None) -> GenerationSummary:
     parser.add_argument("--no-bad-rows", dest="bad_rows", action="store_false", help="only valid rows")
     args = parser.parse_args(argv)
     summary = generate(
-        args.out, contacts=args.contacts, days=args.days, end=args.end, seed=args.seed, bad_rows=args.bad_rows, fmt=args.fmt
+        args.out,
+        contacts=args.contacts,
+        days=args.days,
+        end=args.end,
+        seed=args.seed,
+        bad_rows=args.bad_rows,
+        fmt=args.fmt,
     )
     print(summary.describe())
     return summary
