@@ -38,7 +38,7 @@ from dagster_project.ledger import (
 from dagster_project.messages import compose, message_id, sender_domain
 from dagster_project.policies import Candidate, Verdict, decide
 from dagster_project.rendering import EmailTemplate, RenderError
-from dagster_project.unsubscribe import make_token, unsubscribe_links
+from dagster_project.unsubscribe import UnsubscribeLinks, make_token, unsubscribe_links
 
 MARKETING_LIST = "marketing"
 
@@ -110,11 +110,17 @@ def _batches(
         yield [Candidate(**row) for row in batch.to_pylist()]
 
 
+def _unsubscribe(candidate: Candidate, automation: Automation, config: SendConfig) -> UnsubscribeLinks | None:
+    """Marketing mail carries a signed one-click unsubscribe; transactional mail none."""
+    if not automation.is_marketing:
+        return None
+    token = make_token(config.unsubscribe_secret, candidate.contact_id, MARKETING_LIST)
+    return unsubscribe_links(config.unsubscribe_url, config.unsubscribe_mailto, token)
+
+
 def template_variables(candidate: Candidate, automation: Automation, config: SendConfig, as_of: datetime) -> dict[str, Any]:
-    unsubscribe_url = ""
-    if automation.is_marketing:
-        token = make_token(config.unsubscribe_secret, candidate.contact_id, MARKETING_LIST)
-        unsubscribe_url = unsubscribe_links(config.unsubscribe_url, config.unsubscribe_mailto, token).https
+    links = _unsubscribe(candidate, automation, config)
+    unsubscribe_url = links.https if links else ""
     sender = automation.sender or config.sender
     return {
         "contact": {
@@ -149,10 +155,6 @@ def _message(
     except json.JSONDecodeError as error:
         raise RenderError(f"the trigger's context or the contact's properties are not JSON: {error}") from None
     rendered = template.render(variables)
-    links = None
-    if automation.is_marketing:
-        token = make_token(config.unsubscribe_secret, candidate.contact_id, MARKETING_LIST)
-        links = unsubscribe_links(config.unsubscribe_url, config.unsubscribe_mailto, token)
     return compose(
         rendered=rendered,
         sender=sender,
@@ -160,7 +162,7 @@ def _message(
         automation=automation.name,
         message_id=message_id(automation.name, candidate.trigger_key, sender_domain(sender)),
         date=now,
-        unsubscribe=links,
+        unsubscribe=_unsubscribe(candidate, automation, config),
     )
 
 
