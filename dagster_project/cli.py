@@ -62,6 +62,12 @@ def _print_tick(tick, settings: NudgeSettings) -> None:  # noqa: ANN001 (TickRes
     console.print(f"Emails went to: {redact_url(settings.email_url.get_secret_value())}")
     console.print(f"Warehouse: {settings.warehouse}")
     console.print(f"Tick wall time: {tick.seconds:.1f} s")
+    if settings.uses_dev_secret:
+        console.print(
+            "Unsubscribe links are signed with the development secret: set NUDGE_UNSUBSCRIBE_SECRET in production.",
+            style="yellow",
+            markup=False,
+        )
     for failure in tick.failures:
         console.print(Text.assemble(("FAILED ", "red"), failure))
 
