@@ -9,6 +9,11 @@ never read twice and a crash never records a file without its rows.
 Loading is idempotent: events insert only ids the table does not hold yet
 (a retry, a re-sent file, a file that grew), contacts replace a stored row only
 when their updated_at is newer, and rejections dedupe on (file, line, text).
+
+An event says whose it is with `contact_id`, `anonymous_id` (a device or visitor
+not identified yet: an app install before the signup), or both (which links the
+two ids; the `identify` event exists for that). dbt stitches anonymous events to
+their contact; a row with neither id is rejected.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the asset functions' type hints at runtime.
@@ -38,6 +43,7 @@ TEXT, PROPERTIES, FLAG = "text", "properties", "flag"
 EVENT_FIELDS = {
     "event_id": TEXT,
     "contact_id": TEXT,
+    "anonymous_id": TEXT,
     "name": TEXT,
     "occurred_at": TEXT,
     "properties": PROPERTIES,
@@ -61,14 +67,17 @@ RAW_TABLES_DDL = """
 create schema if not exists raw;
 create table if not exists raw.events (
     event_id varchar primary key,
-    contact_id varchar not null,
+    contact_id varchar,  -- null for an anonymous event; the schema check requires this or anonymous_id
     name varchar not null,
     occurred_at timestamp not null,
     properties varchar not null,
     is_syncing boolean not null,
     source_file varchar,
     source_line integer,
-    loaded_at timestamp
+    loaded_at timestamp,
+    -- last, where ALTER TABLE ... ADD COLUMN puts it in a warehouse created before it existed:
+    -- old and new warehouses have one shape
+    anonymous_id varchar
 );
 create table if not exists raw.contacts (
     contact_id varchar primary key,
@@ -103,8 +112,31 @@ create table if not exists raw.loaded_files (
 """
 
 
+# Warehouses created before anonymous events existed: raw.events had no anonymous_id and a
+# contact_id that was not null. Both changes are in place and keep every stored row.
+RAW_EVENTS_MIGRATIONS = (
+    "alter table raw.events add column if not exists anonymous_id varchar",
+    "alter table raw.events alter column contact_id drop not null",
+)
+
+
+def _raw_events_is_current(con: duckdb.DuckDBPyConnection) -> bool:
+    columns = dict(
+        con.execute(
+            "select column_name, is_nullable from information_schema.columns "
+            "where table_schema = 'raw' and table_name = 'events'"
+        ).fetchall()
+    )
+    return "anonymous_id" in columns and columns.get("contact_id") == "YES"
+
+
 def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the raw tables, or bring an older warehouse's up to date; safe to call on every load."""
     con.execute(RAW_TABLES_DDL)
+    # Checked first, so the common case (already current) writes nothing to the catalog.
+    if not _raw_events_is_current(con):
+        for statement in RAW_EVENTS_MIGRATIONS:
+            con.execute(statement)
 
 
 @dataclass
@@ -481,7 +513,7 @@ EVENTS = _Target(
     "events",
     EVENT_FIELDS,
     validate_events,
-    ("event_id", "contact_id", "name", "occurred_at", "properties", "is_syncing"),
+    ("event_id", "contact_id", "anonymous_id", "name", "occurred_at", "properties", "is_syncing"),
 )
 CONTACTS = _Target(
     "contacts",
@@ -502,8 +534,9 @@ def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
         inserted = con.execute(
             """
             insert into raw.events
-                (event_id, contact_id, name, occurred_at, properties, is_syncing, source_file, source_line, loaded_at)
-            select i.event_id, i.contact_id, i.name, i.occurred_at, i.properties, i.is_syncing,
+                (event_id, contact_id, anonymous_id, name, occurred_at, properties, is_syncing,
+                 source_file, source_line, loaded_at)
+            select i.event_id, i.contact_id, i.anonymous_id, i.name, i.occurred_at, i.properties, i.is_syncing,
                    i.source_file, i.source_line, i.loaded_at
             from incoming_events as i
             where not exists (select 1 from raw.events as e where e.event_id = i.event_id)

@@ -44,6 +44,10 @@ def _present_check(data: PolarsData) -> pl.LazyFrame:
     return data.lazyframe.select(_is_present(data.key))
 
 
+def _either_present_check(data: PolarsData, other: str) -> pl.LazyFrame:
+    return data.lazyframe.select(_is_present(data.key) | _is_present(other))
+
+
 def _not_null_check(data: PolarsData) -> pl.LazyFrame:
     return data.lazyframe.select(pl.col(data.key).is_not_null())
 
@@ -107,6 +111,7 @@ class EventsFrame(pa.DataFrameModel):
 
     event_id: str = pa.Field(nullable=True)
     contact_id: str = pa.Field(nullable=True)
+    anonymous_id: str = pa.Field(nullable=True)
     name: str = pa.Field(nullable=True)
     occurred_at: pl.Datetime = pa.Field(nullable=True)
     occurred_at_text: str = pa.Field(nullable=True)
@@ -124,9 +129,11 @@ class EventsFrame(pa.DataFrameModel):
     def event_id_present(cls, data: PolarsData) -> pl.LazyFrame:
         return _present_check(data)
 
-    @pa.check("contact_id", name="contact_id_present", ignore_na=False)
-    def contact_id_present(cls, data: PolarsData) -> pl.LazyFrame:
-        return _present_check(data)
+    # An anonymous event (an install before the signup) has only anonymous_id; dbt stitches it to
+    # the contact once an event carries both ids. A row with neither belongs to nobody.
+    @pa.check("contact_id", name="contact_id_or_anonymous_id_present", ignore_na=False)
+    def contact_id_or_anonymous_id_present(cls, data: PolarsData) -> pl.LazyFrame:
+        return _either_present_check(data, "anonymous_id")
 
     @pa.check("name", name="name_present", ignore_na=False)
     def name_present(cls, data: PolarsData) -> pl.LazyFrame:
@@ -219,6 +226,14 @@ def _missing(field: str, what: str) -> Callable[[Mapping[str, Any]], Reason]:
     return lambda row: (f"missing_{field}", f"{field} is missing or empty: {what}")
 
 
+def _no_owner_problem(row: Mapping[str, Any]) -> Reason:
+    return "missing_contact_id_and_anonymous_id", (
+        "neither contact_id nor anonymous_id is set: every event must say whose it is, by the "
+        "contact's contact_id or, before the contact is known (an app install before the signup), "
+        "by the device's anonymous_id"
+    )
+
+
 def _properties_problem(row: Mapping[str, Any]) -> Reason:
     return "properties_not_object", (
         f"properties must be a JSON object like {{\"plan\": \"free\"}}, got {quote(row.get('properties_text'))}"
@@ -247,7 +262,7 @@ def _type_problem(row: Mapping[str, Any]) -> Reason:
 
 EVENT_REASONS: dict[str, Callable[[Mapping[str, Any]], Reason]] = {
     "event_id_present": _missing("event_id", "every event needs a unique id (it is the key that dedupes retries)"),
-    "contact_id_present": _missing("contact_id", "every event must say whose it is"),
+    "contact_id_or_anonymous_id_present": _no_owner_problem,
     "name_present": _missing("name", "the event name, e.g. signed_up"),
     "occurred_at_is_timestamp_with_offset": lambda row: timestamp_problem("occurred_at", row.get("occurred_at_text")),
     "properties_is_object": _properties_problem,
@@ -273,6 +288,13 @@ def _typed_fields(field_errors: str | None) -> set[str]:
     return {message.split(" ", 1)[0] for message in field_errors.split("; ")}
 
 
+def _missing_fields(kind: str) -> set[str]:
+    """The fields a "missing" kind is about: missing_name -> {name}, missing_a_and_b -> {a, b}."""
+    if not kind.startswith("missing_"):
+        return set()
+    return set(kind[len("missing_") :].split("_and_"))
+
+
 def explain(
     frame: pl.DataFrame,
     failed_checks: Mapping[int, Iterable[str]],
@@ -288,7 +310,7 @@ def explain(
         found: list[Reason] = []
         for check in failed_checks[index]:
             kind, message = reasons[check](row)
-            if kind.startswith("missing_") and kind[len("missing_") :] in typed:
+            if _missing_fields(kind) & typed:
                 continue
             if (kind, message) not in found:
                 found.append((kind, message))

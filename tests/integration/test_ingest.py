@@ -27,7 +27,7 @@ from dagster_project.ingest import (
 from dagster_project.sample_data import generate
 from dagster_project.warehouse import Warehouse
 
-EVENT_COLUMNS = "event_id, contact_id, name, occurred_at, properties, is_syncing"
+EVENT_COLUMNS = "event_id, contact_id, anonymous_id, name, occurred_at, properties, is_syncing"
 CONTACT_COLUMNS = "contact_id, email, status, first_name, last_name, timezone, properties, updated_at"
 
 
@@ -142,7 +142,14 @@ def test_rejections_name_the_problem(landing, con):
     assert any(r.startswith("occurred_at 'yesterday' is not an ISO 8601 timestamp with offset") for r in reasons)
     assert any("has no UTC offset" in r and "an offset is required" in r for r in reasons)
     assert any(r.startswith("properties must be a JSON object") for r in reasons)
-    expected_kinds = {"not_json", "missing_event_id", "missing_contact_id", "missing_name", "bad_occurred_at"}
+    assert any(r.startswith("neither contact_id nor anonymous_id is set") for r in reasons)
+    expected_kinds = {
+        "not_json",
+        "missing_event_id",
+        "missing_contact_id_and_anonymous_id",
+        "missing_name",
+        "bad_occurred_at",
+    }
     assert expected_kinds <= set(report.reject_reasons)
 
 
@@ -245,6 +252,127 @@ def test_a_duplicate_id_inside_one_file_keeps_the_first(tmp_path, con):
     report = ingest_events(con, landing)
     assert (report.rows_loaded, report.rows_duplicate) == (1, 1)
     assert con.execute("select name, source_line from raw.events").fetchall() == [("first", 1)]
+
+
+# --- anonymous events ----------------------------------------------------------------------------
+
+ANONYMOUS_EVENTS = [
+    # an install before the signup: only the device's id
+    {"event_id": "e_install", "anonymous_id": "a_1", "name": "app_installed", "occurred_at": "2026-10-30T08:00:00Z",
+     "properties": {"platform": "ios"}},
+    # the signup, then the identify that links the two ids
+    {"event_id": "e_signup", "contact_id": "c_1", "name": "signed_up", "occurred_at": "2026-10-30T08:05:00Z"},
+    {"event_id": "e_identify", "contact_id": "c_1", "anonymous_id": "a_1", "name": "identify",
+     "occurred_at": "2026-10-30T08:05:01Z"},
+    # nobody's: rejected, with a reason
+    {"event_id": "e_nobody", "anonymous_id": "  ", "name": "logged_in", "occurred_at": "2026-10-30T09:00:00Z"},
+]
+ANONYMOUS_LOADED = [
+    ("e_identify", "c_1", "a_1", "identify"),
+    ("e_install", None, "a_1", "app_installed"),
+    ("e_signup", "c_1", None, "signed_up"),
+]
+
+
+def write_anonymous_events(landing: Path, fmt: str) -> None:
+    folder = landing / "events"
+    if fmt == "jsonl":
+        write_jsonl(folder / "anonymous.jsonl", ANONYMOUS_EVENTS)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pl.DataFrame(
+        {
+            "event_id": [r["event_id"] for r in ANONYMOUS_EVENTS],
+            "contact_id": [r.get("contact_id") for r in ANONYMOUS_EVENTS],
+            "anonymous_id": [r.get("anonymous_id") for r in ANONYMOUS_EVENTS],
+            "name": [r["name"] for r in ANONYMOUS_EVENTS],
+            "occurred_at": [r["occurred_at"] for r in ANONYMOUS_EVENTS],
+            "properties": [orjson.dumps(r.get("properties", {})).decode() for r in ANONYMOUS_EVENTS],
+        }
+    )
+    if fmt == "csv":
+        frame.write_csv(folder / "anonymous.csv")
+    else:
+        frame.write_parquet(folder / "anonymous.parquet")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_anonymous_events_load_and_an_event_of_nobody_is_rejected(tmp_path, con, fmt):
+    landing = tmp_path / "landing"
+    write_anonymous_events(landing, fmt)
+    report = ingest_events(con, landing)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (4, 3, 1)
+    assert report.reject_reasons == {"missing_contact_id_and_anonymous_id": 1}
+    rows = con.execute("select event_id, contact_id, anonymous_id, name from raw.events order by 1").fetchall()
+    assert rows == ANONYMOUS_LOADED
+    assert one(con, "select properties from raw.events where event_id = 'e_install'") == '{"platform":"ios"}'
+    line, reason = one(con, "select line, reason from raw.rejected_rows")
+    assert line == (5 if fmt == "csv" else 4)  # a CSV's first line is its header
+    assert reason.startswith("neither contact_id nor anonymous_id is set: every event must say whose it is")
+    assert "anonymous_id" in reason and "contact_id" in reason
+
+    # idempotent as ever: the same file again, touched, changes nothing
+    before = snapshot(con)
+    for path in (landing / "events").iterdir():
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))
+    again = ingest_events(con, landing)
+    assert (again.files_loaded, again.rows_loaded, again.rows_duplicate, again.rows_rejected) == (1, 0, 3, 1)
+    after = snapshot(con)
+    for name in before:
+        assert after[name].equals(before[name]), name
+
+
+OLD_RAW_EVENTS_DDL = """
+create schema raw;
+create table raw.events (
+    event_id varchar primary key,
+    contact_id varchar not null,
+    name varchar not null,
+    occurred_at timestamp not null,
+    properties varchar not null,
+    is_syncing boolean not null,
+    source_file varchar,
+    source_line integer,
+    loaded_at timestamp
+);
+insert into raw.events values
+    ('e_old', 'c_1', 'signed_up', '2026-10-01 10:00:00', '{}', false, '/old/file.jsonl', 1, '2026-10-01 11:00:00');
+"""
+
+
+def columns_of(con, table_name: str) -> list[tuple]:
+    return con.execute(
+        "select column_name, data_type, is_nullable from information_schema.columns "
+        "where table_schema = 'raw' and table_name = ? order by ordinal_position",
+        [table_name],
+    ).fetchall()
+
+
+def test_a_warehouse_from_before_anonymous_events_is_migrated_in_place(tmp_path, con):
+    con.execute(OLD_RAW_EVENTS_DDL)
+    landing = tmp_path / "landing"
+    write_anonymous_events(landing, "jsonl")
+
+    report = ingest_events(con, landing)
+    assert (report.rows_loaded, report.rows_rejected) == (3, 1)
+    # the old row is kept, with no anonymous id; the new rows sit beside it
+    assert con.execute(
+        "select event_id, contact_id, anonymous_id, name, source_file from raw.events where event_id = 'e_old'"
+    ).fetchall() == [("e_old", "c_1", None, "signed_up", "/old/file.jsonl")]
+    rows = con.execute(
+        "select event_id, contact_id, anonymous_id, name from raw.events where event_id <> 'e_old' order by 1"
+    ).fetchall()
+    assert rows == ANONYMOUS_LOADED
+
+    # a migrated warehouse has exactly the shape of a new one, primary key included
+    with duckdb.connect(str(tmp_path / "fresh.duckdb")) as fresh:
+        ensure_raw_tables(fresh)
+        assert columns_of(con, "events") == columns_of(fresh, "events")
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute("insert into raw.events (event_id, name, occurred_at, properties, is_syncing) "
+                    "values ('e_old', 'x', '2026-10-01', '{}', false)")
+    ensure_raw_tables(con)  # and migrating again is a no-op
+    assert count(con, "select count(*) from raw.events") == 4
 
 
 # --- contacts ------------------------------------------------------------------------------------

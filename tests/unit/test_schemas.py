@@ -23,6 +23,7 @@ EVENT_DTYPES = {
     "source_line": pl.Int64,
     "event_id": pl.String,
     "contact_id": pl.String,
+    "anonymous_id": pl.String,
     "name": pl.String,
     "occurred_at": pl.Datetime("us"),
     "occurred_at_text": pl.String,
@@ -53,6 +54,7 @@ def good_event(**overrides) -> dict:
         "source_line": 1,
         "event_id": "e_1",
         "contact_id": "c_000001",
+        "anonymous_id": None,
         "name": "signed_up",
         "occurred_at": datetime(2026, 10, 31, 20, 14, 5),
         "occurred_at_text": "2026-10-31T21:14:05+01:00",
@@ -103,7 +105,16 @@ def test_good_events_pass_untouched():
     [
         ({"event_id": None}, "missing_event_id", "event_id is missing or empty"),
         ({"event_id": "   "}, "missing_event_id", "event_id is missing or empty"),
-        ({"contact_id": None}, "missing_contact_id", "contact_id is missing or empty"),
+        (
+            {"contact_id": None},
+            "missing_contact_id_and_anonymous_id",
+            "neither contact_id nor anonymous_id is set: every event must say whose it is",
+        ),
+        (
+            {"contact_id": " ", "anonymous_id": ""},
+            "missing_contact_id_and_anonymous_id",
+            "neither contact_id nor anonymous_id is set",
+        ),
         ({"name": ""}, "missing_name", "name is missing or empty"),
         (
             {"occurred_at": None, "occurred_at_text": "yesterday"},
@@ -143,9 +154,9 @@ def test_a_row_with_several_problems_is_one_rejection_naming_them_all():
     frame = events(good_event(contact_id=None, occurred_at=None, occurred_at_text="yesterday"))
     _, rejections = validate_events(frame)
     assert rejections.height == 1
-    assert sorted(rejections["kinds"][0].to_list()) == ["bad_occurred_at", "missing_contact_id"]
+    assert sorted(rejections["kinds"][0].to_list()) == ["bad_occurred_at", "missing_contact_id_and_anonymous_id"]
     reason = rejections["reason"][0]
-    assert "contact_id is missing" in reason and "occurred_at 'yesterday'" in reason and "; " in reason
+    assert "neither contact_id nor anonymous_id" in reason and "occurred_at 'yesterday'" in reason and "; " in reason
 
 
 def test_a_value_of_the_wrong_type_is_named_once_not_also_as_missing():
@@ -153,6 +164,24 @@ def test_a_value_of_the_wrong_type_is_named_once_not_also_as_missing():
     _, rejections = validate_events(frame)
     assert rejections["kinds"].to_list() == [["wrong_type"]]
     assert rejections["reason"].to_list() == ['event_id must be text, got {"id":1}']
+
+
+def test_an_event_needs_contact_id_or_anonymous_id_not_both():
+    frame = events(
+        good_event(event_id="known"),
+        good_event(event_id="anonymous", contact_id=None, anonymous_id="a_device_1"),
+        good_event(event_id="identify", name="identify", anonymous_id="a_device_1"),
+    )
+    valid, rejections = validate_events(frame)
+    assert valid.equals(frame)
+    assert rejections.is_empty()
+
+
+def test_a_wrongly_typed_contact_id_is_not_also_reported_as_missing_owner():
+    # the parse nulls a contact_id that was not text and says so in field_errors: that is the one reason
+    frame = events(good_event(contact_id=None, field_errors='contact_id must be text, got {"id":1}'))
+    _, rejections = validate_events(frame)
+    assert rejections["kinds"].to_list() == [["wrong_type"]]
 
 
 def test_rejection_indexes_point_at_the_failing_rows():
