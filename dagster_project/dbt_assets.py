@@ -74,6 +74,8 @@ class NudgeDbtTranslator(DagsterDbtTranslator):
         )
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        if dbt_resource_props["resource_type"] == "seed":
+            return "seeds"  # reference data (dbt_project/seeds), loaded by the same dbt build
         fqn = dbt_resource_props.get("fqn", [])
         # fqn is [project, folder, ..., model]; a model at the root has no folder.
         return fqn[1] if len(fqn) > 2 else "dbt"

@@ -6,20 +6,32 @@ source as (
 
 ),
 
+timezones as (
+
+    select * from {{ ref('iana_timezones') }}
+
+),
+
 renamed as (
 
     select
-        contact_id,
+        source.contact_id,
         -- addresses compare case-insensitively, and a blank address is no address
-        nullif(lower(trim(email)), '') as email,
-        lower(trim(status)) as status,
-        first_name,
-        last_name,
-        timezone,
-        properties,
-        updated_at
+        nullif(lower(trim(source.email)), '') as email,
+        lower(trim(source.status)) as status,
+        source.first_name,
+        source.last_name,
+        -- local times (quiet hours, a streak's days) need a zone every engine and Python's
+        -- zoneinfo know: a name from the list, in its canonical spelling, else UTC, so a
+        -- missing, blank or misspelled zone never breaks a model or the send step
+        coalesce(timezones.timezone_name, 'UTC') as timezone,
+        source.timezone as timezone_raw,
+        source.properties,
+        source.updated_at
 
     from source
+    left join timezones
+        on lower(trim(source.timezone)) = lower(timezones.timezone_name)
 
 )
 
