@@ -2,7 +2,7 @@ with
 
 events as (
 
-    select * from {{ ref('stg_events') }}
+    select * from {{ ref('int_events') }}
 
 ),
 

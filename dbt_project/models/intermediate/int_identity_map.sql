@@ -1,0 +1,49 @@
+-- Which contact each anonymous id (a device, a browser) belongs to, as of the run's clock.
+
+with
+
+events as (
+
+    select * from {{ ref('stg_events') }}
+
+),
+
+links as (
+
+    -- any event that carries both ids links them; `identify` exists for exactly that
+    select
+        anonymous_id,
+        contact_id,
+        occurred_at,
+        row_number() over (
+            partition by anonymous_id
+            order by occurred_at, event_id
+        ) as link_number
+
+    from events
+    where anonymous_id is not null
+        and contact_id is not null
+        -- an identify that has not happened yet stitches nothing yet
+        and occurred_at <= {{ nudge_as_of() }}
+
+),
+
+final as (
+
+    -- The earliest link wins, for good. The anonymous history (the install, the browsing
+    -- before the signup) was made by whoever identified on that device first; a later
+    -- link to another contact is a shared device changing hands, and it must not move
+    -- events that earlier runs already attributed (and maybe emailed about) to someone
+    -- else. A later link never changes an earlier answer, so every tick agrees with the
+    -- ones before it.
+    select
+        anonymous_id,
+        contact_id,
+        occurred_at as identified_at
+
+    from links
+    where link_number = 1
+
+)
+
+select * from final
