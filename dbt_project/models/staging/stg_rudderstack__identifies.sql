@@ -1,0 +1,3 @@
+{{ config(enabled=nudge_is_event_source('rudderstack')) }}
+
+{{ nudge_loader_identifies('rudderstack') }}
