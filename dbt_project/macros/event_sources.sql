@@ -95,6 +95,21 @@
 {%- endmacro %}
 
 
+{% macro nudge_loader_event_columns(relation, table_alias, event_name, properties) -%}
+    {#- A loader's call as stg_events' columns; the ids and the time mean the same in
+        every loader table. -#}
+        cast({{ table_alias }}.id as {{ dbt.type_string() }}) as event_id,
+        -- the product's user id is Nudge's contact_id
+        cast(nullif(trim({{ table_alias }}.user_id), '') as {{ dbt.type_string() }}) as contact_id,
+        cast(nullif(trim({{ table_alias }}.anonymous_id), '') as {{ dbt.type_string() }}) as anonymous_id,
+        cast({{ event_name }} as {{ dbt.type_string() }}) as event_name,
+        {{ nudge_loader_timestamp(relation, 'timestamp', table_alias) }} as occurred_at,
+        cast({{ properties }} as {{ dbt.type_string() }}) as properties,
+        -- loaders carry live traffic; a backfill through them cannot be told apart, so false
+        false as is_syncing
+{%- endmacro %}
+
+
 {% macro nudge_loader_tracks(event_source) -%}
 {%- set tracks = source(event_source, 'tracks') -%}
 {%- set event_tables = nudge_loader_event_tables(tracks) -%}
@@ -167,17 +182,13 @@ unique_tracks as (
 
 final as (
 
+    -- event is the loader's snake_case name, e.g. workout_completed for "Workout Completed"
     select
-        cast(unique_tracks.id as {{ dbt.type_string() }}) as event_id,
-        -- the product's user id is Nudge's contact_id
-        cast(nullif(trim(unique_tracks.user_id), '') as {{ dbt.type_string() }}) as contact_id,
-        cast(nullif(trim(unique_tracks.anonymous_id), '') as {{ dbt.type_string() }}) as anonymous_id,
-        -- event is the loader's snake_case name, e.g. workout_completed for "Workout Completed"
-        cast(unique_tracks.event as {{ dbt.type_string() }}) as event_name,
-        {{ nudge_loader_timestamp(tracks, 'timestamp', 'unique_tracks') }} as occurred_at,
-        coalesce(unique_properties.properties, '{}') as properties,
-        -- loaders carry live traffic; a backfill through them is indistinguishable, so false
-        false as is_syncing
+        {{ nudge_loader_event_columns(
+            tracks, 'unique_tracks',
+            event_name='unique_tracks.event',
+            properties="coalesce(unique_properties.properties, '{}')"
+        ) }}
 
     from unique_tracks
     left join unique_properties
@@ -218,13 +229,9 @@ final as (
     -- an identify links the anonymous id to the user id; its traits are contact data,
     -- not event properties, and are left out
     select
-        cast(unique_identifies.id as {{ dbt.type_string() }}) as event_id,
-        cast(nullif(trim(unique_identifies.user_id), '') as {{ dbt.type_string() }}) as contact_id,
-        cast(nullif(trim(unique_identifies.anonymous_id), '') as {{ dbt.type_string() }}) as anonymous_id,
-        cast('identify' as {{ dbt.type_string() }}) as event_name,
-        {{ nudge_loader_timestamp(identifies, 'timestamp', 'unique_identifies') }} as occurred_at,
-        cast('{}' as {{ dbt.type_string() }}) as properties,
-        false as is_syncing
+        {{ nudge_loader_event_columns(
+            identifies, 'unique_identifies', event_name="'identify'", properties="'{}'"
+        ) }}
 
     from unique_identifies
     where unique_identifies.copy_number = 1

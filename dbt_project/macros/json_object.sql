@@ -8,8 +8,12 @@
     {%- endif -%}
 {%- endmacro %}
 
-{% macro json_object_key_literal(key) -%}
-    '{{ key | replace("'", "''") }}'
+{% macro json_object_arguments(pairs) -%}
+    {#- 'key1', expression1, 'key2', expression2 ...: the argument list the engines' own
+        object builders share; a key's single quotes doubled for the SQL literal. -#}
+    {%- for key, expression in pairs %}
+        '{{ key | replace("'", "''") }}', {{ expression }}{{ "," if not loop.last }}
+    {%- endfor %}
 {%- endmacro %}
 
 {% macro default__json_object(pairs) -%}
@@ -23,33 +27,21 @@
 {%- endmacro %}
 
 {% macro duckdb__json_object(pairs) -%}
-    cast(json_object(
-    {%- for key, expression in pairs %}
-        {{ json_object_key_literal(key) }}, {{ expression }}{{ "," if not loop.last }}
-    {%- endfor %}
+    cast(json_object({{ json_object_arguments(pairs) }}
     ) as varchar)
 {%- endmacro %}
 
 {% macro postgres__json_object(pairs) -%}
-    cast(json_build_object(
-    {%- for key, expression in pairs %}
-        {{ json_object_key_literal(key) }}, {{ expression }}{{ "," if not loop.last }}
-    {%- endfor %}
+    cast(json_build_object({{ json_object_arguments(pairs) }}
     ) as text)
 {%- endmacro %}
 
 {% macro snowflake__json_object(pairs) -%}
-    to_json(object_construct_keep_null(
-    {%- for key, expression in pairs %}
-        {{ json_object_key_literal(key) }}, {{ expression }}{{ "," if not loop.last }}
-    {%- endfor %}
+    to_json(object_construct_keep_null({{ json_object_arguments(pairs) }}
     ))
 {%- endmacro %}
 
 {% macro bigquery__json_object(pairs) -%}
-    to_json_string(json_object(
-    {%- for key, expression in pairs %}
-        {{ json_object_key_literal(key) }}, {{ expression }}{{ "," if not loop.last }}
-    {%- endfor %}
+    to_json_string(json_object({{ json_object_arguments(pairs) }}
     ))
 {%- endmacro %}
