@@ -37,6 +37,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 DEFAULT_END = datetime(2026, 11, 1, tzinfo=UTC)
+# Long enough for a contact to be active, then quiet for 30 days before the end (winback).
+DEFAULT_DAYS = 40
 
 EventFormat = Literal["jsonl", "csv", "parquet"]
 EVENT_FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet")
@@ -226,8 +228,8 @@ def format_timestamp(epoch_seconds: int, offset_seconds: int = 0, *, millis: int
 class GenerationSummary:
     """What was written, and how much of each behaviour the demo's automations look for was planted.
 
-    The planted counts are taken from each contact's simulated timeline as of `end` (before the rare
-    bad row damages an event), with the window each automation's message is due in at `end`."""
+    The planted counts are taken from each contact's events as written (a bad row is not an event),
+    with the window each automation's message is due in at `end`."""
 
     out_dir: Path
     contacts: int = 0
@@ -593,10 +595,9 @@ class _Simulation:
             if rng.random() < 0.6:
                 events.append((last_seen + rng.randint(600, 3000), "workout_completed", self.workout(), BY_CONTACT))
 
-        live = sorted((event for event in events if event[0] < end_ts), key=_moment)
-        self.tally(live, imported=imported, plan=initial_plan)
         self.write_events(contact_id, None, timezone_name, style, history, syncing=True)
-        self.write_events(contact_id, anonymous_id, timezone_name, style, live, syncing=False)
+        written = self.write_events(contact_id, anonymous_id, timezone_name, style, events, syncing=False)
+        self.tally(written, imported=imported, plan=initial_plan)
 
         updated_ts = max(plan_changed_ts, signup_ts) + rng.randint(0, 3600)
         updated_ts = min(updated_ts, end_ts - 1)
@@ -674,8 +675,7 @@ class _Simulation:
             moment += rng.randint(60, 3 * HOUR)
             timeline.append((moment, "product_viewed", dict(rng.choice(CATALOGUE)), BY_ANONYMOUS))
         self.summary.anonymous_visitors += 1
-        live = sorted((event for event in timeline if event[0] < self.end_ts), key=_moment)
-        self.write_events(None, anonymous_id, "", "z" if rng.random() < 0.8 else "millis", live, syncing=False)
+        self.write_events(None, anonymous_id, "", "z" if rng.random() < 0.8 else "millis", timeline, syncing=False)
 
     def workout(self) -> dict:
         rng = self.rng
@@ -754,7 +754,8 @@ class _Simulation:
         events.append((moment, "purchased", order, BY_CONTACT))
 
     def tally(self, live: list[TimelineEvent], *, imported: bool, plan: str) -> None:
-        """Count what this contact's live timeline (sorted, as of the end) plants for the automations."""
+        """Count what this contact's live events as written (valid, in time order, before the end) plant
+        for the automations."""
         summary = self.summary
         end = self.end_ts
         first_moment = None
@@ -835,13 +836,16 @@ class _Simulation:
         timeline: list[TimelineEvent],
         *,
         syncing: bool,
-    ) -> None:
+    ) -> list[TimelineEvent]:
+        """Write the timeline's events that happened before the end; returns those written as valid rows."""
         rng = self.rng
         summary = self.summary
         end_ts = self.end_ts
         # A sync lands all at once: imported history goes into the window's first file.
         sync_sink = self.sink_for(self.start_ts) if syncing else None
-        for moment, name, properties, who in sorted(timeline, key=_moment):
+        written: list[TimelineEvent] = []
+        for event in sorted(timeline, key=_moment):
+            moment, name, properties, who = event
             if moment >= end_ts:
                 continue  # has not happened yet at `end`
             row: EventRow = (
@@ -860,12 +864,14 @@ class _Simulation:
                 if self.write_bad_event(sink, row, kind):
                     continue
             sink.write(row)
+            written.append(event)
             summary.events += 1
             summary.events_by_name[name] += 1
             summary.anonymous_events += row[1] is None
             if self.bad_rows and rng.random() < DUPLICATE_RATE:
                 sink.write(row)  # a client retry: same event, same id, same bytes
                 summary.duplicate_event_rows += 1
+        return written
 
     def write_bad_event(self, sink: _EventSink, row: EventRow, kind: str) -> bool:
         """Write `row` damaged as `kind`; False when the format cannot hold that damage."""
@@ -957,7 +963,7 @@ def generate(
     out_dir: Path,
     *,
     contacts: int = 2000,
-    days: int = 40,
+    days: int = DEFAULT_DAYS,
     end: datetime = DEFAULT_END,
     seed: int = 7,
     bad_rows: bool = True,
@@ -1000,7 +1006,7 @@ def _parse_end(text: str) -> datetime:
 def main(argv: list[str] | None = None) -> GenerationSummary:
     parser = argparse.ArgumentParser(prog="python -m dagster_project.sample_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--contacts", type=int, default=2000)
-    parser.add_argument("--days", type=int, default=40)
+    parser.add_argument("--days", type=int, default=DEFAULT_DAYS)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--end", type=_parse_end, default=DEFAULT_END, help="ISO 8601 with offset")
     parser.add_argument("--out", type=Path, default=Path("data/landing"))
