@@ -130,6 +130,7 @@ REVISIT_RATE = 0.4  # per shopping session: one product is looked at again withi
 REVISIT_ADD_RATE = 0.2  # ... and added to the cart the second time
 CURIOUS_SHARE = 0.12  # free contacts who keep trying premium features (previews)
 PREVIEW_RATE = (0.03, 0.45)  # per session: a free contact tries a premium feature (others, curious ones)
+PARQUET_BUFFER_ROWS = 100_000  # event rows held for Parquet row groups, over all day files
 BAD_ROW_RATE = 0.002
 DUPLICATE_RATE = 0.001
 SUPERSEDED_CONTACT_RATE = 0.01
@@ -338,8 +339,6 @@ class _EventSink:
         if self._columns is not None:
             for column, value in zip(self._columns, row):
                 column.append(value)
-            if len(self._columns[0]) >= 250_000:
-                self._flush_parquet()
         elif self._csv is not None:
             event_id, contact_id, anonymous_id, name, occurred_at, properties, is_syncing = row
             flag = "true" if is_syncing else ""
@@ -372,6 +371,15 @@ class _EventSink:
         assert self._handle is not None
         self._handle.write(text + "\n")
         return True
+
+    @property
+    def buffered_rows(self) -> int:
+        return len(self._columns[0]) if self._columns is not None else 0
+
+    def flush(self) -> None:
+        """Write the buffered rows as a row group (Parquet); text formats write as they go."""
+        if self.buffered_rows:
+            self._flush_parquet()
 
     def _flush_parquet(self) -> None:
         import polars as pl
@@ -457,6 +465,20 @@ class _Simulation:
         return f"c_{index:0{self.id_width}d}"
 
     # files -----------------------------------------------------------------------------------
+    def bound_buffers(self) -> None:
+        """Parquet rows wait in memory for a row group; past a budget, the fullest day files write
+        theirs, so memory stays flat however many contacts (and deterministic: the data decides)."""
+        if self.fmt != "parquet":
+            return
+        total = sum(sink.buffered_rows for sink in self.sinks.values())
+        if total <= PARQUET_BUFFER_ROWS:
+            return
+        for sink in sorted(self.sinks.values(), key=lambda sink: (-sink.buffered_rows, sink.path)):
+            total -= sink.buffered_rows
+            sink.flush()
+            if total <= PARQUET_BUFFER_ROWS // 2:
+                break
+
     def sink_for(self, epoch_seconds: int) -> _EventSink:
         day = _date_text(epoch_seconds // 86400)
         sink = self.sinks.get(day)
@@ -985,6 +1007,7 @@ def generate(
         with contacts_path.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as contacts_out:
             for index in range(1, contacts + 1):
                 simulation.simulate_contact(index, contacts_out)
+                simulation.bound_buffers()
             if bad_rows:
                 simulation.plant_missing_bad_events()
                 simulation.write_bad_contacts(contacts_out)
