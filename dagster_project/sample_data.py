@@ -168,6 +168,7 @@ class _SampleRandom(random.Random):
 _MASK64 = (1 << 64) - 1
 _ORDER_SALT = 0x5DEECE66D
 _ANONYMOUS_SALT = 0x2545F4914F6CDD1D
+_ANONYMOUS_TAIL_SALT = 0x9E3779B97F4A7C15
 
 
 def _mix64(value: int) -> int:
@@ -458,7 +459,7 @@ class _Simulation:
         self.anonymous_seq += 1
         counter = ((self.seed & 0xFFFFFF) << 40) | self.anonymous_seq
         a = f"{_mix64(counter ^ _ANONYMOUS_SALT):016x}"
-        b = f"{_mix64(counter ^ _ORDER_SALT):016x}"
+        b = f"{_mix64(counter ^ _ANONYMOUS_TAIL_SALT):016x}"
         return f"{a[:8]}-{a[8:12]}-4{a[12:15]}-{'89ab'[int(b[0], 16) & 3]}{a[15]}{b[1:3]}-{b[3:15]}"
 
     def contact_id(self, index: int) -> str:
