@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dagster_project.durations import parse_duration
@@ -46,6 +47,28 @@ class _NudgeMeta(BaseModel):
     reentry: str = "every_time"
     holdout_percent: float = Field(default=0, ge=0, le=100)
     conversion: _Conversion | None = None
+    exit_events: list[str] = Field(default_factory=list)
+    priority: int = 100
+    start_at: datetime | None = None
+    # None: marketing mail waits out quiet hours, transactional mail does not.
+    quiet_hours: bool | None = None
+
+    @field_validator("start_at")
+    @classmethod
+    def _is_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("start_at needs a UTC offset, e.g. 2026-10-01T00:00:00Z")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    @field_validator("exit_events")
+    @classmethod
+    def _are_event_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not SAFE_NAME.match(name):
+                raise ValueError(f"exit event {name!r} must be lowercase letters, digits and _")
+        return value
 
     @field_validator("delay", "send_window")
     @classmethod
@@ -81,6 +104,10 @@ class Automation:
     holdout_percent: float
     conversion_event: str | None
     conversion_window: timedelta | None
+    exit_events: tuple[str, ...] = ()
+    priority: int = 100
+    start_at: datetime | None = None  # naive UTC, like every timestamp in the warehouse
+    respects_quiet_hours: bool = True
     description: str = ""
 
     @property
@@ -88,12 +115,70 @@ class Automation:
         return self.category == "marketing"
 
 
+class _FrequencyCap(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    per_day: int | None = Field(default=1, ge=0)
+    per_week: int | None = Field(default=3, ge=0)
+
+
+class _QuietHours(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: time = time(21, 0)
+    end: time = time(8, 0)
+
+
+class _ProjectPolicy(BaseModel):
+    """`vars: nudge:` in dbt_project.yml: the rules across automations, and defaults for each."""
+
+    model_config = ConfigDict(extra="forbid")
+    frequency_cap: _FrequencyCap = Field(default_factory=_FrequencyCap)
+    quiet_hours: _QuietHours = Field(default_factory=_QuietHours)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What holds across automations: the marketing frequency cap and the quiet hours."""
+
+    cap_per_day: int | None = 1
+    cap_per_week: int | None = 3
+    quiet_start: time = time(21, 0)
+    quiet_end: time = time(8, 0)
+    defaults: tuple[tuple[str, Any], ...] = ()
+
+    def in_quiet_hours(self, local: time) -> bool:
+        if self.quiet_start == self.quiet_end:
+            return False
+        if self.quiet_start < self.quiet_end:
+            return self.quiet_start <= local < self.quiet_end
+        return local >= self.quiet_start or local < self.quiet_end  # the window spans midnight
+
+
+def load_policy(dbt_project_dir: Path) -> Policy:
+    """The one place for defaults: `vars: nudge:` of the dbt project, validated here."""
+    path = Path(dbt_project_dir) / "dbt_project.yml"
+    project = yaml.safe_load(path.read_text()) or {}
+    raw = (project.get("vars") or {}).get("nudge") or {}
+    try:
+        policy = _ProjectPolicy.model_validate(raw)
+        _NudgeMeta.model_validate(policy.defaults)
+    except ValidationError as error:
+        raise AutomationConfigError(f"{path} (vars.nudge): {error}") from None
+    return Policy(
+        cap_per_day=policy.frequency_cap.per_day,
+        cap_per_week=policy.frequency_cap.per_week,
+        quiet_start=policy.quiet_hours.start,
+        quiet_end=policy.quiet_hours.end,
+        defaults=tuple(sorted(policy.defaults.items())),
+    )
+
+
 def _nudge_meta(node: dict[str, Any]) -> dict[str, Any] | None:
     meta = (node.get("config") or {}).get("meta") or node.get("meta") or {}
     return meta.get("nudge")
 
 
-def automation_from_node(node: dict[str, Any]) -> Automation:
+def automation_from_node(node: dict[str, Any], defaults: dict[str, Any] | None = None) -> Automation:
     model_name = node["name"]
     where = f"{node.get('original_file_path', model_name)} (meta.nudge)"
     if not model_name.startswith(TRIGGER_PREFIX):
@@ -102,7 +187,7 @@ def automation_from_node(node: dict[str, Any]) -> Automation:
     if not SAFE_NAME.match(name):
         raise AutomationConfigError(f"{where}: automation name {name!r} must be lowercase letters, digits and _")
     try:
-        meta = _NudgeMeta.model_validate(_nudge_meta(node) or {})
+        meta = _NudgeMeta.model_validate({**(defaults or {}), **(_nudge_meta(node) or {})})
     except ValidationError as error:
         raise AutomationConfigError(f"{where}: {error}") from None
     template = meta.template or name
@@ -125,20 +210,28 @@ def automation_from_node(node: dict[str, Any]) -> Automation:
         holdout_percent=meta.holdout_percent,
         conversion_event=meta.conversion.event if meta.conversion else None,
         conversion_window=parse_duration(meta.conversion.window) if meta.conversion else None,
+        exit_events=tuple(meta.exit_events),
+        priority=meta.priority,
+        start_at=meta.start_at,
+        respects_quiet_hours=meta.category == "marketing" if meta.quiet_hours is None else meta.quiet_hours,
         description=node.get("description") or "",
     )
 
 
-def automations_from_manifest(manifest: dict[str, Any] | Path) -> list[Automation]:
+def automations_from_manifest(
+    manifest: dict[str, Any] | Path, defaults: dict[str, Any] | None = None
+) -> list[Automation]:
+    """Every automation, in the order a tick sends them: transactional first (the cap never
+    holds them back), then marketing by priority, so the frequency cap keeps what matters most."""
     if isinstance(manifest, Path):
         manifest = json.loads(manifest.read_text())
     nodes = manifest["nodes"].values()
     found = [
-        automation_from_node(node)
+        automation_from_node(node, defaults)
         for node in nodes
         if node.get("resource_type") == "model" and _nudge_meta(node) is not None
     ]
-    return sorted(found, key=lambda automation: automation.name)
+    return sorted(found, key=lambda automation: (automation.is_marketing, automation.priority, automation.name))
 
 
 def relation_of(node: dict[str, Any]) -> str:
@@ -152,3 +245,9 @@ def find_node(manifest: dict[str, Any], model_name: str) -> dict[str, Any]:
         if node.get("resource_type") == "model" and node["name"] == model_name:
             return node
     raise KeyError(f"the dbt project has no model named {model_name}")
+
+
+def project_automations(dbt_project_dir: Path, manifest: dict[str, Any] | Path) -> tuple[list[Automation], Policy]:
+    """The automations of a prepared dbt project with the project's defaults applied, and its policy."""
+    policy = load_policy(dbt_project_dir)
+    return automations_from_manifest(manifest, dict(policy.defaults)), policy

@@ -189,7 +189,7 @@ def preview(
 @app.command("sample-data")
 def sample_data(
     contacts: Annotated[int, typer.Option()] = 2000,
-    days: Annotated[int, typer.Option()] = 21,
+    days: Annotated[int, typer.Option()] = 40,
     seed: Annotated[int, typer.Option()] = 7,
     out: Annotated[Optional[Path], typer.Option(help="Default: NUDGE_LANDING_DIR.")] = None,
 ) -> None:

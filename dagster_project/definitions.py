@@ -10,12 +10,12 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from dagster_project.automations import automations_from_manifest, find_node, relation_of
+from dagster_project.automations import find_node, project_automations, relation_of
 from dagster_project.clock import as_of_tags
 from dagster_project.dbt_assets import NudgeDbtTranslator, build_dbt_assets, dbt_project, load_manifest
 from dagster_project.ingest import INGEST_ASSETS, LandingFiles
 from dagster_project.resources import EmailBackendResource, SendSettings
-from dagster_project.send_assets import build_ledger_asset, build_send_asset
+from dagster_project.send_assets import SendTarget, build_send_assets
 from dagster_project.settings import NudgeSettings
 from dagster_project.warehouse import Warehouse
 
@@ -54,17 +54,23 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
     manifest = load_manifest(project)
     translator = NudgeDbtTranslator()
     contacts_node = find_node(manifest, "stg_contacts")
+    events_node = find_node(manifest, "int_events")
+    automations, policy = project_automations(settings.dbt_project_dir, manifest)
 
-    send_assets = [
-        build_send_asset(
-            automation,
-            trigger_key=translator.get_asset_key(manifest["nodes"][automation.model_unique_id]),
-            contacts_key=translator.get_asset_key(contacts_node),
-            contacts_relation=relation_of(contacts_node),
-        )
-        for automation in automations_from_manifest(manifest)
-    ]
-    ledger = build_ledger_asset([asset.key for asset in send_assets])
+    send = build_send_assets(
+        [
+            SendTarget(
+                automation,
+                trigger_key=translator.get_asset_key(manifest["nodes"][automation.model_unique_id]),
+                contacts_key=translator.get_asset_key(contacts_node),
+                events_key=translator.get_asset_key(events_node),
+            )
+            for automation in automations
+        ],
+        contacts_relation=relation_of(contacts_node),
+        events_relation=relation_of(events_node),
+        policy=policy,
+    )
     tick = dg.define_asset_job(
         TICK_JOB,
         selection=dg.AssetSelection.all(),
@@ -72,7 +78,7 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
     )
     email_url = settings.email_url.get_secret_value()
     return dg.Definitions(
-        assets=[*INGEST_ASSETS, *build_dbt_assets(project), *send_assets, ledger],
+        assets=[*INGEST_ASSETS, *build_dbt_assets(project), send],
         jobs=[tick],
         schedules=[build_tick_schedule(tick)],
         resources={

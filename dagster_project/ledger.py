@@ -27,6 +27,7 @@ class Status(StrEnum):
     SKIPPED = "skipped"
     HELD_OUT = "held_out"  # the control group: decided, recorded, never sent
     UNKNOWN = "unknown"  # a crash left it unclear whether the backend took it; never resent blindly
+    HELD = "held"  # waiting out the contact's quiet hours; decided again on every tick until sent or stale
 
 
 class Reason(StrEnum):
@@ -39,10 +40,16 @@ class Reason(StrEnum):
     TEMPORARY = "temporary"
     REJECTED = "rejected"
     INTERRUPTED = "interrupted"
+    EXITED = "exited"  # the contact did what the automation waits for (an exit event) before it went
+    CAPPED = "capped"  # the marketing frequency cap was reached by messages that matter more
+    QUIET_HOURS = "quiet_hours"
+    BEFORE_START = "before_start"  # qualified before the automation's start_at
 
 
 # Statuses that mean "this contact entered the automation", for re-entry rules.
 ENTERED = (Status.SENT, Status.PENDING, Status.UNKNOWN, Status.HELD_OUT)
+# Statuses that count against the marketing frequency cap: a message that (may have) reached the inbox.
+CAPPED_STATUSES = (Status.SENT, Status.PENDING, Status.UNKNOWN)
 
 DDL = f"""
 create schema if not exists nudge;
@@ -104,7 +111,7 @@ def _frame(rows: Sequence[object]) -> pa.Table:
 
 
 def record(con: duckdb.DuckDBPyConnection, entries: Sequence[Entry], *, as_of: datetime, now: datetime) -> None:
-    """Write decisions; a retried `failed` row is overwritten, its attempts kept."""
+    """Write decisions; a retried `failed` or `held` row is overwritten, its attempts kept."""
     if not entries:
         return
     incoming = _frame(entries)  # noqa: F841  (read by DuckDB by name)
@@ -124,6 +131,10 @@ def record(con: duckdb.DuckDBPyConnection, entries: Sequence[Entry], *, as_of: d
             error = excluded.error,
             subject = excluded.subject,
             updated_at = excluded.updated_at
+        -- a held message decided the same way again (a replayed tick) stays as it was
+        where messages.status <> excluded.status
+           or messages.reason is distinct from excluded.reason
+           or messages.error is distinct from excluded.error
         """,
         {"as_of": as_of, "now": now},
     )

@@ -7,10 +7,13 @@ and every "no" carries a reason that lands in the ledger.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from datetime import datetime
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dagster_project.automations import Automation
+from dagster_project.automations import Automation, Policy
 from dagster_project.ledger import Reason, Status
 
 
@@ -31,8 +34,20 @@ class Candidate:
     timezone: str | None
     properties: str | None
     last_entered_at: datetime | None  # the latest time this contact entered the automation before
-    ledger_status: str | None  # None: never decided; failed: a retry; pending: a claim from a dead run
+    ledger_status: str | None  # None: never decided; failed: a retry; held: quiet hours; pending: a dead run's claim
     attempts: int
+    exited_at: datetime | None = None  # the first exit event after qualifying, by this tick
+    exit_event: str | None = None
+    marketing_last_day: int = 0  # marketing messages to this contact in the 24 hours before the tick
+    marketing_last_week: int = 0  # ... and in the 7 days before it
+
+
+@dataclass
+class TickState:
+    """What one automation's send has decided so far in this tick, for rules across its candidates."""
+
+    entered: dict[str, datetime] = field(default_factory=dict)
+    marketing_sent: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,45 @@ def in_holdout(automation: str, contact_id: str, percent: float) -> bool:
     return bucket < percent * 100
 
 
+@cache
+def contact_zone(name: str | None) -> ZoneInfo:
+    """The contact's timezone; UTC where it is missing or not an IANA name."""
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return ZoneInfo("UTC")
+
+
+def _quiet_hours(candidate: Candidate, policy: Policy, as_of: datetime) -> Verdict | None:
+    zone = contact_zone(candidate.timezone)
+    local = as_of.replace(tzinfo=UTC).astimezone(zone)
+    if not policy.in_quiet_hours(local.time()):
+        return None
+    return Verdict(
+        Status.HELD,
+        Reason.QUIET_HOURS,
+        f"{local:%H:%M} in {zone.key} is inside quiet hours "
+        f"({policy.quiet_start:%H:%M}-{policy.quiet_end:%H:%M}); held until {policy.quiet_end:%H:%M} there",
+    )
+
+
+def _capped(candidate: Candidate, policy: Policy, state: TickState) -> Verdict | None:
+    this_tick = state.marketing_sent[candidate.contact_id]
+    for limit, sent, period in (
+        (policy.cap_per_day, candidate.marketing_last_day, "24 hours"),
+        (policy.cap_per_week, candidate.marketing_last_week, "7 days"),
+    ):
+        if limit is not None and sent + this_tick >= limit:
+            return Verdict(
+                Status.SKIPPED,
+                Reason.CAPPED,
+                f"the contact already got {sent + this_tick} marketing messages in {period}; the cap is {limit}",
+            )
+    return None
+
+
 def _reachable(candidate: Candidate, automation: Automation) -> Verdict | None:
     if not candidate.has_contact:
         return Verdict(Status.SKIPPED, Reason.UNKNOWN_CONTACT, f"no contact {candidate.contact_id} in stg_contacts")
@@ -73,13 +127,21 @@ def decide(
     automation: Automation,
     *,
     as_of: datetime,
-    entered_this_tick: dict[str, datetime],
+    policy: Policy,
+    state: TickState,
 ) -> Verdict:
-    """The verdict for one due candidate. `entered_this_tick` is updated for a send or hold."""
+    """The verdict for one due candidate; `state` records a send or hold-out for the next ones."""
     if candidate.ledger_status == Status.PENDING:
         # Already decided by the run that claimed it; only a new "no" from the contact stops it.
         return _reachable(candidate, automation) or SEND
 
+    if automation.start_at is not None and candidate.qualified_at < automation.start_at:
+        return Verdict(
+            Status.SKIPPED,
+            Reason.BEFORE_START,
+            f"qualified {candidate.qualified_at:%Y-%m-%d %H:%M} UTC, before the automation's start_at "
+            f"{automation.start_at:%Y-%m-%d %H:%M} UTC",
+        )
     age = as_of - candidate.due_at
     if age > automation.send_window:
         return Verdict(
@@ -87,11 +149,17 @@ def decide(
             Reason.STALE,
             f"due {candidate.due_at:%Y-%m-%d %H:%M} UTC, {age} before this tick, past the send window",
         )
+    if candidate.exited_at is not None:
+        return Verdict(
+            Status.SKIPPED,
+            Reason.EXITED,
+            f"{candidate.exit_event} at {candidate.exited_at:%Y-%m-%d %H:%M} UTC, after qualifying",
+        )
     unreachable = _reachable(candidate, automation)
     if unreachable:
         return unreachable
 
-    last_entered = entered_this_tick.get(candidate.contact_id) or candidate.last_entered_at
+    last_entered = state.entered.get(candidate.contact_id) or candidate.last_entered_at
     if last_entered is not None:
         if automation.reentry == "once":
             return Verdict(Status.SKIPPED, Reason.REENTRY, "this automation goes to a contact once ever")
@@ -103,7 +171,17 @@ def decide(
                 f"less than {automation.reentry} before",
             )
 
-    entered_this_tick[candidate.contact_id] = as_of
     if in_holdout(automation.name, candidate.contact_id, automation.holdout_percent):
+        state.entered[candidate.contact_id] = as_of
         return Verdict(Status.HELD_OUT, None, f"control group ({automation.holdout_percent:g}%)")
+    if automation.respects_quiet_hours:
+        held = _quiet_hours(candidate, policy, as_of)
+        if held:
+            return held
+    if automation.is_marketing:
+        capped = _capped(candidate, policy, state)
+        if capped:
+            return capped
+        state.marketing_sent[candidate.contact_id] += 1
+    state.entered[candidate.contact_id] = as_of
     return SEND

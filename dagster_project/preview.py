@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dagster_project.automations import automations_from_manifest, find_node, relation_of
+from dagster_project.automations import find_node, project_automations, relation_of
 from dagster_project.clock import parse_as_of
 from dagster_project.dbt_assets import dbt_project, load_manifest
 from dagster_project.policies import Candidate
@@ -23,7 +23,7 @@ class Preview:
 
 def render_preview(settings: NudgeSettings, automation_name: str, contact_id: str | None = None) -> Preview:
     manifest = load_manifest(dbt_project(settings.dbt_project_dir))
-    automations = {automation.name: automation for automation in automations_from_manifest(manifest)}
+    automations = {a.name: a for a in project_automations(settings.dbt_project_dir, manifest)[0]}
     if automation_name not in automations:
         raise LookupError(f"no automation {automation_name!r}; there are: {', '.join(sorted(automations))}")
     automation = automations[automation_name]

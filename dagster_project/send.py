@@ -19,9 +19,10 @@ from typing import Any
 
 import duckdb
 
-from dagster_project.automations import Automation
+from dagster_project.automations import Automation, Policy
 from dagster_project.backends.base import BackendUnavailable, DeliveryUncertain, EmailBackend
 from dagster_project.ledger import (
+    CAPPED_STATUSES,
     ENTERED,
     LEDGER_TABLE,
     MAX_ATTEMPTS,
@@ -36,7 +37,7 @@ from dagster_project.ledger import (
     record,
 )
 from dagster_project.messages import compose, message_id, sender_domain
-from dagster_project.policies import Candidate, Verdict, decide
+from dagster_project.policies import Candidate, TickState, Verdict, decide
 from dagster_project.rendering import EmailTemplate, RenderError
 from dagster_project.unsubscribe import UnsubscribeLinks, make_token, unsubscribe_links
 
@@ -61,6 +62,7 @@ class SendReport:
     sent: int = 0
     failed: int = 0
     held_out: int = 0
+    held: int = 0  # waiting out quiet hours; decided again next tick
     skipped: Counter[str] = field(default_factory=Counter)
     interrupted: int = 0
     sample: EmailMessage | None = None
@@ -70,14 +72,39 @@ class SendReport:
         return sum(self.skipped.values())
 
 
-def _candidates_sql(automation: Automation, contacts_relation: str) -> str:
+def _candidates_sql(automation: Automation, contacts_relation: str, events_relation: str) -> str:
     entered = ", ".join(f"'{status}'" for status in ENTERED)
-    # Retry only temporary failures; re-deliver leftover claims only where the backend dedupes.
+    counted = ", ".join(f"'{status}'" for status in CAPPED_STATUSES)
+    if automation.exit_events:
+        # The first exit event after qualifying, by this tick. Imported history never exits anyone.
+        exit_columns = f"""
+            (select min(e.occurred_at) from {events_relation} as e
+             where e.contact_id = t.contact_id and list_contains($exit_events, e.event_name)
+               and e.occurred_at > t.qualified_at and e.occurred_at <= $as_of and not e.is_syncing) as exited_at,
+            (select arg_min(e.event_name, e.occurred_at) from {events_relation} as e
+             where e.contact_id = t.contact_id and list_contains($exit_events, e.event_name)
+               and e.occurred_at > t.qualified_at and e.occurred_at <= $as_of and not e.is_syncing) as exit_event,"""
+    else:
+        exit_columns = "null::timestamp as exited_at, null::varchar as exit_event,"
+    # Retry only temporary failures and quiet-hours holds; re-deliver leftover claims only where
+    # the backend dedupes.
     return f"""
         with history as (
             select contact_id, max(coalesce(sent_at, decided_at)) as last_entered_at
             from {LEDGER_TABLE}
             where automation = $automation and status in ({entered})
+            group by contact_id
+        ),
+        marketing as (
+            select
+                contact_id,
+                count(*) filter (where coalesce(sent_at, decided_at) > $as_of - interval 1 day) as last_day,
+                count(*) as last_week
+            from {LEDGER_TABLE}
+            where list_contains($marketing_automations, automation)
+              and status in ({counted})
+              and coalesce(sent_at, decided_at) > $as_of - interval 7 day
+              and coalesce(sent_at, decided_at) <= $as_of
             group by contact_id
         )
         select
@@ -86,15 +113,20 @@ def _candidates_sql(automation: Automation, contacts_relation: str) -> str:
             c.email, c.status as contact_status, c.first_name, c.last_name, c.timezone, c.properties,
             h.last_entered_at,
             m.status as ledger_status,
-            coalesce(m.attempts, 0) as attempts
+            coalesce(m.attempts, 0) as attempts,
+            {exit_columns}
+            coalesce(k.last_day, 0) as marketing_last_day,
+            coalesce(k.last_week, 0) as marketing_last_week
         from {automation.relation} as t
         left join {contacts_relation} as c on c.contact_id = t.contact_id
         left join history as h on h.contact_id = t.contact_id
+        left join marketing as k on k.contact_id = t.contact_id
         left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
         where t.due_at <= $as_of
           and (
               m.trigger_key is null
               or (m.status = 'failed' and m.reason = 'temporary' and m.attempts < {MAX_ATTEMPTS})
+              or m.status = 'held'
               or (m.status = 'pending' and $redeliver_pending)
           )
         order by t.due_at, t.trigger_key
@@ -192,9 +224,12 @@ def send_automation(
     automation: Automation,
     *,
     contacts_relation: str,
+    events_relation: str,
     backend: EmailBackend,
     config: SendConfig,
     as_of: datetime,
+    policy: Policy,
+    marketing_automations: Sequence[str],
     clock: Callable[[], datetime] = _utcnow,
     log: Callable[[str], None] = lambda message: None,
 ) -> SendReport:
@@ -212,15 +247,23 @@ def send_automation(
         if report.interrupted:
             log(f"{report.interrupted} claims of an interrupted run are now 'unknown' (never resent)")
 
-    params = {"automation": automation.name, "as_of": as_of, "redeliver_pending": backend.dedupes}
-    entered_this_tick: dict[str, datetime] = {}
-    for candidates in _batches(con, _candidates_sql(automation, contacts_relation), params, config.batch_size):
+    params: dict[str, Any] = {
+        "automation": automation.name,
+        "as_of": as_of,
+        "redeliver_pending": backend.dedupes,
+        "marketing_automations": list(marketing_automations),
+    }
+    if automation.exit_events:
+        params["exit_events"] = list(automation.exit_events)
+    state = TickState()
+    sql = _candidates_sql(automation, contacts_relation, events_relation)
+    for candidates in _batches(con, sql, params, config.batch_size):
         report.due += len(candidates)
         decided: list[Entry] = []
         to_deliver: list[tuple[Candidate, EmailMessage]] = []
         now = clock()
         for candidate in candidates:
-            verdict = decide(candidate, automation, as_of=as_of, entered_this_tick=entered_this_tick)
+            verdict = decide(candidate, automation, as_of=as_of, policy=policy, state=state)
             subject = None
             if verdict.status == Status.PENDING:
                 try:
@@ -234,6 +277,8 @@ def send_automation(
                 report.skipped[verdict.reason or "unspecified"] += 1
             elif verdict.status == Status.HELD_OUT:
                 report.held_out += 1
+            elif verdict.status == Status.HELD:
+                report.held += 1
 
         # Claim before handing over (one statement, so atomic): a crash from here on
         # leaves visible `pending` rows.

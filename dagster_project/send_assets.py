@@ -1,15 +1,21 @@
-"""One Dagster asset per automation, and the ledger asset they all feed.
+"""The send step: one asset per automation and the ledger they all feed, in one step.
 
 Lineage reads trg_<automation> -> send_<automation> -> nudge/messages -> rpt_*.
+The automations run in one step, one after the other in priority order, because the
+marketing frequency cap is shared: a contact due for two automations in one tick gets
+the one that matters more, whatever order an orchestrator would pick for separate steps.
 """
 
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
 
-from dagster_project.automations import Automation
+from dagster_project.automations import Automation, Policy
+from dagster_project.backends.base import BackendUnavailable
 from dagster_project.builds import NotBuiltError, require_built
 from dagster_project.clock import as_of_for, format_as_of
 from dagster_project.dbt_assets import LEDGER_KEY
@@ -18,6 +24,8 @@ from dagster_project.resources import EmailBackendResource, SendSettings
 from dagster_project.send import SendReport, send_automation
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
 
+LEDGER_CHECK = "no_unknown_messages"
+
 
 def _metadata(report: SendReport, backend: str, seconds: float) -> dict[str, object]:
     metadata: dict[str, object] = {
@@ -25,6 +33,7 @@ def _metadata(report: SendReport, backend: str, seconds: float) -> dict[str, obj
         "sent": report.sent,
         "failed": report.failed,
         "held_out": report.held_out,
+        "held_for_quiet_hours": report.held,
         "skipped": report.skipped_total,
         "interrupted_now_unknown": report.interrupted,
         "backend": backend,
@@ -42,111 +51,172 @@ def _metadata(report: SendReport, backend: str, seconds: float) -> dict[str, obj
     return metadata
 
 
-def build_send_asset(
-    automation: Automation,
-    *,
-    trigger_key: dg.AssetKey,
-    contacts_key: dg.AssetKey,
-    contacts_relation: str,
-) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=f"send_{automation.name}",
+@dataclass(frozen=True)
+class SendTarget:
+    """One automation and where its send step reads from."""
+
+    automation: Automation
+    trigger_key: dg.AssetKey
+    contacts_key: dg.AssetKey
+    events_key: dg.AssetKey
+
+    @property
+    def key(self) -> dg.AssetKey:
+        return dg.AssetKey(f"send_{self.automation.name}")
+
+
+def _send_spec(target: SendTarget) -> dg.AssetSpec:
+    automation = target.automation
+    return dg.AssetSpec(
+        target.key,
         group_name="send",
-        deps=[trigger_key, contacts_key],
-        pool=WAREHOUSE_POOL,
+        deps=[target.trigger_key, target.contacts_key, target.events_key],
         kinds={"python", "email"},
+        skippable=True,
         description=(
             f"Sends `{automation.name}` ({automation.category}, template `{automation.template}`) to every "
             f"contact newly due in `{automation.model_name}`, exactly once per trigger key."
         ),
         metadata={
+            "category": automation.category,
+            "priority": automation.priority,
             "send_window": str(automation.send_window),
             "reentry": str(automation.reentry),
             "holdout_percent": automation.holdout_percent,
+            "exit_events": ", ".join(automation.exit_events) or "none",
+            "quiet_hours": automation.respects_quiet_hours,
         },
+    )
+
+
+def _ledger_spec(send_keys: Sequence[dg.AssetKey]) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        LEDGER_KEY,
+        group_name="send",
+        deps=list(send_keys),
+        kinds={"duckdb"},
+        skippable=True,
+        description=(
+            f"`{LEDGER_TABLE}`: one row per automation and trigger key, with its status "
+            "(pending, sent, failed, skipped with a reason, held_out, held, unknown)."
+        ),
+    )
+
+
+def build_send_assets(
+    targets: Sequence[SendTarget],
+    *,
+    contacts_relation: str,
+    events_relation: str,
+    policy: Policy,
+) -> dg.AssetsDefinition:
+    """`targets` in the order they send (see automations_from_manifest)."""
+    marketing = [t.automation.name for t in targets if t.automation.is_marketing]
+
+    @dg.multi_asset(
+        name="send",
+        specs=[*(_send_spec(t) for t in targets), _ledger_spec([t.key for t in targets])],
+        check_specs=[
+            dg.AssetCheckSpec(
+                LEDGER_CHECK,
+                asset=LEDGER_KEY,
+                description="No message is in doubt (claimed, then the run died before the backend answered).",
+            )
+        ],
+        can_subset=True,
+        pool=WAREHOUSE_POOL,
     )
     def send(
         context: dg.AssetExecutionContext,
         warehouse: Warehouse,
         email: EmailBackendResource,
         send_settings: SendSettings,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         as_of = as_of_for(context)
-        started = time.perf_counter()
+        selected = context.selected_asset_keys
+        failures: list[str] = []
+        config = send_settings.config()
         with warehouse.connect() as con:
-            try:
-                # Our own gate: a failed dbt test upstream must stop this send, whatever the orchestrator does.
-                require_built(con, automation.model_unique_id, as_of)
-            except NotBuiltError as error:
-                raise dg.Failure(description=str(error)) from None
-            with email.open() as backend:
-                report = send_automation(
-                    con,
-                    automation,
-                    contacts_relation=contacts_relation,
-                    backend=backend,
-                    config=send_settings.config(),
-                    as_of=as_of,
-                    log=context.log.info,
+            backend_down: BackendUnavailable | None = None
+            for target in targets:
+                if target.key not in selected:
+                    continue
+                automation = target.automation
+                if backend_down is not None:
+                    failures.append(f"{target.key.to_user_string()}: not attempted, the backend is down ({backend_down})")
+                    continue
+                try:
+                    # Our own gate: a failed dbt test upstream stops this automation, whatever the orchestrator does.
+                    require_built(con, automation.model_unique_id, as_of)
+                except NotBuiltError as error:
+                    failures.append(f"{target.key.to_user_string()}: {error}")
+                    context.log.error(failures[-1])
+                    continue
+                started = time.perf_counter()
+                try:
+                    with email.open() as backend:
+                        report = send_automation(
+                            con,
+                            automation,
+                            contacts_relation=contacts_relation,
+                            events_relation=events_relation,
+                            backend=backend,
+                            config=config,
+                            as_of=as_of,
+                            policy=policy,
+                            marketing_automations=marketing,
+                            log=context.log.info,
+                        )
+                except BackendUnavailable as error:
+                    backend_down = error
+                    failures.append(f"{target.key.to_user_string()}: {error}")
+                    context.log.error(failures[-1])
+                    continue
+                context.log.info(
+                    f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "
+                    f"{report.skipped_total} skipped, {report.held_out} held out, {report.held} held, "
+                    f"{report.failed} failed"
                 )
-        context.log.info(
-            f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "
-            f"{report.skipped_total} skipped, {report.held_out} held out, {report.failed} failed"
-        )
-        return dg.MaterializeResult(metadata=_metadata(report, email.description, time.perf_counter() - started))
+                yield dg.MaterializeResult(
+                    asset_key=target.key,
+                    metadata=_metadata(report, email.description, time.perf_counter() - started),
+                )
+            if LEDGER_KEY in selected:
+                yield from _ledger_results(con)
+        if failures:
+            # After the ledger is reported: what did send is on record, what did not fails the run.
+            raise dg.Failure(description="\n".join(failures))
 
     return send
 
 
-def build_ledger_asset(send_keys: Sequence[dg.AssetKey]) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=LEDGER_KEY,
-        group_name="send",
-        deps=list(send_keys),
-        pool=WAREHOUSE_POOL,
-        kinds={"duckdb"},
-        description=(
-            f"`{LEDGER_TABLE}`: one row per automation and trigger key, with its status "
-            "(pending, sent, failed, skipped with a reason, held_out, unknown)."
-        ),
-        check_specs=[
-            dg.AssetCheckSpec(
-                "no_unknown_messages",
-                asset=LEDGER_KEY,
-                description="No message is in doubt (claimed, then the run died before the backend answered).",
-            )
-        ],
+def _ledger_results(con: duckdb.DuckDBPyConnection) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    ensure_ledger(con)
+    counts = status_counts(con)
+    by_status: dict[str, int] = {}
+    for _automation, status, _reason, count in counts:
+        by_status[status] = by_status.get(status, 0) + count
+    unknown = by_status.get("unknown", 0)
+    table = "\n".join(
+        ["| automation | status | reason | rows |", "|---|---|---|---|"]
+        + [f"| {a} | {s} | {r or ''} | {n} |" for a, s, r, n in counts]
     )
-    def messages(warehouse: Warehouse) -> dg.MaterializeResult:
-        with warehouse.connect() as con:
-            ensure_ledger(con)
-            counts = status_counts(con)
-        by_status: dict[str, int] = {}
-        for _automation, status, _reason, count in counts:
-            by_status[status] = by_status.get(status, 0) + count
-        unknown = by_status.get("unknown", 0)
-        table = "\n".join(
-            ["| automation | status | reason | rows |", "|---|---|---|---|"]
-            + [f"| {a} | {s} | {r or ''} | {n} |" for a, s, r, n in counts]
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "rows": sum(by_status.values()),
-                **{f"status_{status}": n for status, n in sorted(by_status.items())},
-                "by_automation": dg.MetadataValue.md(table),
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="no_unknown_messages",
-                    passed=unknown == 0,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    description=(
-                        f"{unknown} messages are 'unknown': see `nudge status` and check the provider's logs"
-                        if unknown
-                        else "no message is in doubt"
-                    ),
-                )
-            ],
-        )
-
-    return messages
+    yield dg.MaterializeResult(
+        asset_key=LEDGER_KEY,
+        metadata={
+            "rows": sum(by_status.values()),
+            **{f"status_{status}": n for status, n in sorted(by_status.items())},
+            "by_automation": dg.MetadataValue.md(table),
+        },
+    )
+    yield dg.AssetCheckResult(
+        asset_key=LEDGER_KEY,
+        check_name=LEDGER_CHECK,
+        passed=unknown == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"{unknown} messages are 'unknown': see `nudge status` and check the provider's logs"
+            if unknown
+            else "no message is in doubt"
+        ),
+    )

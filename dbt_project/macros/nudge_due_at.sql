@@ -6,7 +6,12 @@
         {{ return({}) }}
     {%- endif -%}
     {%- set meta = config.get('meta') or {} -%}
-    {{ return(meta.get('nudge') or {}) }}
+    {#- The project's defaults (vars.nudge.defaults in dbt_project.yml) under the model's own
+        block: the send step merges them the same way, so SQL and Python agree on the delay. -#}
+    {%- set merged = {} -%}
+    {%- do merged.update((var('nudge', {}) or {}).get('defaults') or {}) -%}
+    {%- do merged.update(meta.get('nudge') or {}) -%}
+    {{ return(merged) }}
 {%- endmacro %}
 
 

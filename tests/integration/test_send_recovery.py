@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import duckdb
 import pytest
 
-from dagster_project.automations import automation_from_node
+from dagster_project.automations import Policy, automation_from_node
 from dagster_project.backends import backend_from_url
 from dagster_project.ledger import Entry, ensure_ledger, record
 from dagster_project.messages import message_id
@@ -35,6 +35,13 @@ CONFIG = SendConfig(
     unsubscribe_secret="test-secret",
     batch_size=2,
 )
+
+
+def send(con, backend, as_of):
+    # No cap or quiet hours here: this file is about claims, not policies.
+    return send_automation(con, AUTOMATION, contacts_relation="staging.stg_contacts",
+                           events_relation="intermediate.int_events", backend=backend, config=CONFIG, as_of=as_of,
+                           policy=Policy(cap_per_day=None, cap_per_week=None), marketing_automations=["welcome"])
 
 
 @pytest.fixture
@@ -72,8 +79,7 @@ def statuses(con):
 
 def test_smtp_never_resends_an_ambiguous_claim(con, smtp_sink):
     with backend_from_url(smtp_sink.url) as backend:
-        report = send_automation(con, AUTOMATION, contacts_relation="staging.stg_contacts", backend=backend,
-                                 config=CONFIG, as_of=AS_OF)
+        report = send(con, backend, AS_OF)
     assert report.interrupted == 2
     assert statuses(con) == {"c_0": "unknown", "c_1": "unknown", "c_2": "sent", "c_3": "sent", "c_4": "sent"}
     received = sorted(m.rcpt_tos[0] for m in smtp_sink.messages)
@@ -82,8 +88,7 @@ def test_smtp_never_resends_an_ambiguous_claim(con, smtp_sink):
     assert "cannot deduplicate" in error
 
     with backend_from_url(smtp_sink.url) as backend:  # and a later tick leaves them alone too
-        again = send_automation(con, AUTOMATION, contacts_relation="staging.stg_contacts", backend=backend,
-                                config=CONFIG, as_of=AS_OF + timedelta(hours=1))
+        again = send(con, backend, AS_OF + timedelta(hours=1))
     assert (again.due, again.sent, again.interrupted) == (0, 0, 0)
     assert len(smtp_sink.messages) == 3
 
@@ -91,8 +96,7 @@ def test_smtp_never_resends_an_ambiguous_claim(con, smtp_sink):
 def test_a_deduplicating_backend_gets_the_ambiguous_claims_again_under_the_same_message_id(con, tmp_path):
     outbox = tmp_path / "outbox"
     with backend_from_url(f"file://{outbox}") as backend:
-        report = send_automation(con, AUTOMATION, contacts_relation="staging.stg_contacts", backend=backend,
-                                 config=CONFIG, as_of=AS_OF)
+        report = send(con, backend, AS_OF)
     assert (report.due, report.sent, report.interrupted) == (5, 5, 0)
     assert set(statuses(con).values()) == {"sent"}
     files = sorted(outbox.rglob("*.eml"))
@@ -104,8 +108,7 @@ def test_a_deduplicating_backend_gets_the_ambiguous_claims_again_under_the_same_
 def test_claims_are_written_in_batches_and_all_marked(con, tmp_path):
     con.execute("delete from nudge.messages")
     with backend_from_url(f"file://{tmp_path / 'outbox'}") as backend:
-        report = send_automation(con, AUTOMATION, contacts_relation="staging.stg_contacts", backend=backend,
-                                 config=CONFIG, as_of=AS_OF)
+        report = send(con, backend, AS_OF)
     assert report.sent == 5
     assert con.execute("select count(*), min(attempts), max(attempts) from nudge.messages").fetchone() == (5, 1, 1)
     assert con.execute("select count(*) from nudge.messages where status = 'pending'").fetchone()[0] == 0

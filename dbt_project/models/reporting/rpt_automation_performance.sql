@@ -32,11 +32,16 @@ final as (
         count(case when status = 'failed' then 1 end) as failed,
         count(case when status = 'unknown' then 1 end) as unknown,
         count(case when status = 'pending' then 1 end) as pending,
+        count(case when status = 'held' then 1 end) as held_for_quiet_hours,
         count(case when status = 'skipped' and reason = 'not_subscribed' then 1 end) as skipped_not_subscribed,
         count(case when status = 'skipped' and reason = 'no_email' then 1 end) as skipped_no_email,
         count(case when status = 'skipped' and reason = 'stale' then 1 end) as skipped_stale,
         count(case when status = 'skipped' and reason = 'reentry' then 1 end) as skipped_reentry,
-        count(case when status = 'skipped' and reason = 'template_error' then 1 end) as skipped_template_error
+        count(case when status = 'skipped' and reason = 'template_error' then 1 end) as skipped_template_error,
+        count(case when status = 'skipped' and reason = 'exited' then 1 end) as skipped_exited,
+        count(case when status = 'skipped' and reason = 'capped' then 1 end) as skipped_capped,
+        count(case when status = 'skipped' and reason = 'before_start' then 1 end) as skipped_before_start,
+        count(case when status = 'skipped' and reason = 'unknown_contact' then 1 end) as skipped_unknown_contact
 
     from decided
     group by automation, decided_on

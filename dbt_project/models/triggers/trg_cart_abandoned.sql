@@ -32,7 +32,8 @@ final as (
 
     from qualifications
     where qualified_at <= {{ nudge_as_of() }}
-        and (purchased_at is null or purchased_at > {{ nudge_as_of() }})
+        -- bought within the hour: never abandoned. Bought later: an exit the send step records.
+        and (purchased_at is null or purchased_at > qualified_at)
         -- imported history is recorded, never acted on
         and not is_syncing_only
 
