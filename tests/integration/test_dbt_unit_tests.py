@@ -27,7 +27,9 @@ def test_every_dbt_unit_test_passes(tmp_path, monkeypatch, dbt_manifest):
     monkeypatch.setenv("NUDGE_WAREHOUSE", str(warehouse))
     monkeypatch.setenv("NUDGE_AS_OF", "2026-11-01 00:00:00")
 
-    # Unit tests read their parents' columns from the warehouse: build them empty first.
+    # Unit tests read their parents' columns from the warehouse: build them empty first
+    # (the seeds for real, since dbt run --empty does not load them).
+    assert dbt("seed").success
     assert dbt("run", "--empty").success
     result = dbt("test", "--select", "test_type:unit")
     assert result.success, [(r.node.name, r.status, r.message) for r in result.result]
