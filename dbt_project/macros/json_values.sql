@@ -10,7 +10,7 @@
 {% macro default__json_unnest_array(relation, columns, json_column, key) -%}
     {{ exceptions.raise_compiler_error(
         "json_unnest_array has no implementation for the " ~ adapter.type() ~ " adapter: add "
-        ~ adapter.type() ~ "__json_unnest_array to dbt_project/macros/json_arrays.sql"
+        ~ adapter.type() ~ "__json_unnest_array to dbt_project/macros/json_values.sql"
     ) }}
 {%- endmacro %}
 
@@ -72,4 +72,31 @@
     from {{ relation }} as source_rows
     cross join unnest(json_extract_array(source_rows.{{ json_column }}, '$.{{ key }}')) as element
         with offset as element_index
+{%- endmacro %}
+
+
+{% macro json_number(column, key) -%}
+    {#- The number under a top-level key of JSON object text (a JSON number or a numeric
+        string), or null when the key is missing or holds anything else: a product priced
+        "free" must not fail the build. Dispatched because only some engines have try_cast. -#}
+    {{ return(adapter.dispatch('json_number', 'nudge')(column, key)) }}
+{%- endmacro %}
+
+{% macro default__json_number(column, key) -%}
+    {{ dbt.safe_cast(json_get(column, key), dbt.type_numeric()) }}
+{%- endmacro %}
+
+{% macro duckdb__json_number(column, key) -%}
+    try_cast({{ json_get(column, key) }} as {{ dbt.type_numeric() }})
+{%- endmacro %}
+
+{% macro postgres__json_number(column, key) -%}
+    case
+        when {{ json_get(column, key) }} ~ '^\s*-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\s*$'
+            then cast({{ json_get(column, key) }} as {{ dbt.type_numeric() }})
+    end
+{%- endmacro %}
+
+{% macro snowflake__json_number(column, key) -%}
+    try_to_decimal({{ json_get(column, key) }}, 28, 6)
 {%- endmacro %}
