@@ -114,7 +114,7 @@ def test_workout_completed_day_one_of_a_streak():
     rendered = render("workout_completed", context, category="transactional")
 
     assert rendered.subject == "Swim logged, nice work"
-    assert "1 day in a row" in rendered.text
+    assert "Streak:   day one" in rendered.text
     assert "Every streak starts with day one" in rendered.text
     assert "1 days" not in rendered.text
 
