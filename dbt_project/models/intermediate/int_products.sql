@@ -9,24 +9,6 @@ events as (
 -- imported history counts everywhere in the catalogue: a product someone viewed or
 -- bought before the sync is still a product, and its popularity is real
 
-flat_mentions as (
-
-    select
-        event_id,
-        event_name,
-        occurred_at,
-        {{ json_get('properties', 'product_id') }} as product_id,
-        {{ json_get('properties', 'name') }} as name,
-        {{ json_get('properties', 'category') }} as category,
-        -- a price that is not a number is no price, rather than a failed build
-        {{ json_number('properties', 'price') }} as price,
-        cast(null as {{ dbt.type_numeric() }}) as quantity
-
-    from events
-    where event_name in ('product_viewed', 'added_to_cart')
-
-),
-
 purchases as (
 
     select event_id, event_name, occurred_at, properties
@@ -41,27 +23,35 @@ order_lines as (
 
 ),
 
-purchase_mentions as (
+product_objects as (
 
-    select
-        event_id,
-        event_name,
-        occurred_at,
-        {{ json_get('element', 'product_id') }} as product_id,
-        {{ json_get('element', 'name') }} as name,
-        {{ json_get('element', 'category') }} as category,
-        {{ json_number('element', 'price') }} as price,
-        {{ json_number('element', 'quantity') }} as quantity
+    -- a view or an add names one product in its properties; a purchase one per order line
+    select event_id, event_name, occurred_at, properties as product
+    from events
+    where event_name in ('product_viewed', 'added_to_cart')
 
+    union all
+
+    select event_id, event_name, occurred_at, element as product
     from order_lines
 
 ),
 
 mentions as (
 
-    select * from flat_mentions
-    union all
-    select * from purchase_mentions
+    select
+        event_id,
+        event_name,
+        occurred_at,
+        {{ json_get('product', 'product_id') }} as product_id,
+        {{ json_get('product', 'name') }} as name,
+        {{ json_get('product', 'category') }} as category,
+        -- a price that is not a number is no price, rather than a failed build
+        {{ json_number('product', 'price') }} as price,
+        -- only purchase lines' quantities add up (units_sold)
+        {{ json_number('product', 'quantity') }} as quantity
+
+    from product_objects
 
 ),
 
