@@ -1,0 +1,117 @@
+with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+
+),
+
+-- imported history counts everywhere in the catalogue: a product someone viewed or
+-- bought before the sync is still a product, and its popularity is real
+
+purchases as (
+
+    select event_id, event_name, occurred_at, properties
+    from events
+    where event_name = 'purchased'
+
+),
+
+order_lines as (
+
+    {{ json_unnest_array('purchases', ['event_id', 'event_name', 'occurred_at'], 'properties', 'products') }}
+
+),
+
+product_objects as (
+
+    -- a view or an add names one product in its properties; a purchase one per order line
+    select event_id, event_name, occurred_at, properties as product
+    from events
+    where event_name in ('product_viewed', 'added_to_cart')
+
+    union all
+
+    select event_id, event_name, occurred_at, element as product
+    from order_lines
+
+),
+
+mentions as (
+
+    select
+        event_id,
+        event_name,
+        occurred_at,
+        {{ json_get('product', 'product_id') }} as product_id,
+        {{ json_get('product', 'name') }} as name,
+        {{ json_get('product', 'category') }} as category,
+        -- a price that is not a number is no price, rather than a failed build
+        {{ json_number('product', 'price') }} as price,
+        -- only purchase lines' quantities add up (units_sold)
+        {{ json_number('product', 'quantity') }} as quantity
+
+    from product_objects
+
+),
+
+typed as (
+
+    select
+        event_id,
+        event_name,
+        occurred_at,
+        product_id,
+        nullif(trim(name), '') as name,
+        nullif(trim(category), '') as category,
+        price,
+        coalesce(quantity, 1) as quantity
+
+    from mentions
+    where nullif(trim(product_id), '') is not null
+
+),
+
+ranked as (
+
+    select
+        *,
+        -- each attribute comes from the latest event that carried it: a purchase line
+        -- without a category must not blank the category a view gave
+        row_number() over (
+            partition by product_id, case when name is null then 1 else 0 end
+            order by occurred_at desc, event_id desc
+        ) as name_recency,
+        row_number() over (
+            partition by product_id, case when category is null then 1 else 0 end
+            order by occurred_at desc, event_id desc
+        ) as category_recency,
+        row_number() over (
+            partition by product_id, case when price is null then 1 else 0 end
+            order by occurred_at desc, event_id desc
+        ) as price_recency
+
+    from typed
+
+),
+
+final as (
+
+    select
+        product_id,
+        max(case when name is not null and name_recency = 1 then name end) as name,
+        max(case when category is not null and category_recency = 1 then category end) as category,
+        max(case when price is not null and price_recency = 1 then price end) as price,
+        sum(case when event_name = 'product_viewed' then 1 else 0 end) as view_count,
+        sum(case when event_name = 'added_to_cart' then 1 else 0 end) as add_count,
+        count(distinct case when event_name = 'purchased' then event_id end) as order_count,
+        sum(case when event_name = 'purchased' then quantity else 0 end) as units_sold,
+        min(occurred_at) as first_seen_at,
+        max(occurred_at) as last_seen_at
+
+    from ranked
+    group by product_id
+
+)
+
+select * from final

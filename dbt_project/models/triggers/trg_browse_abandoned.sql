@@ -1,0 +1,187 @@
+with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+
+),
+
+views as (
+
+    select
+        contact_id,
+        event_id,
+        occurred_at,
+        properties,
+        {{ json_get('properties', 'product_id') }} as product_id
+
+    from events
+    where event_name = 'product_viewed'
+        -- a browse reminder is about a live visit: imported views are old news, never
+        -- the first nor the second view of a pair
+        and not is_syncing
+
+),
+
+adds as (
+
+    select
+        contact_id,
+        occurred_at,
+        {{ json_get('properties', 'product_id') }} as product_id
+
+    from events
+    -- any add counts, imported history included: the product is in a cart already
+    where event_name = 'added_to_cart'
+
+),
+
+sequenced as (
+
+    select
+        *,
+        lead(occurred_at) over (
+            partition by contact_id, product_id
+            order by occurred_at, event_id
+        ) as next_viewed_at
+
+    from views
+    where product_id is not null
+
+),
+
+last_views as (
+
+    -- a view is the last of a visit when the contact did not view the product again
+    -- within the 2 hours after it; it qualifies 2 hours later
+    select
+        *,
+        {{ dbt.dateadd('hour', 2, 'occurred_at') }} as quiet_until
+
+    from sequenced
+    where (
+            next_viewed_at is null
+            or next_viewed_at > {{ dbt.dateadd('hour', 2, 'occurred_at') }}
+        )
+        -- only a pause that is over by as_of is known to be one
+        and {{ dbt.dateadd('hour', 2, 'occurred_at') }} <= {{ nudge_as_of() }}
+
+),
+
+window_views as (
+
+    -- the views of the same product in the 24 hours up to the last view, itself included
+    select
+        last_views.event_id,
+        min(earlier.occurred_at) as first_viewed_at,
+        count(*) as view_count
+
+    from last_views
+    inner join sequenced as earlier
+        on last_views.contact_id = earlier.contact_id
+        and last_views.product_id = earlier.product_id
+        and earlier.occurred_at >= {{ dbt.dateadd('hour', -24, 'last_views.occurred_at') }}
+        and (
+            earlier.occurred_at < last_views.occurred_at
+            or (earlier.occurred_at = last_views.occurred_at and earlier.event_id <= last_views.event_id)
+        )
+    group by last_views.event_id
+
+),
+
+browses as (
+
+    select
+        last_views.contact_id,
+        last_views.product_id,
+        last_views.event_id,
+        last_views.occurred_at as last_viewed_at,
+        last_views.quiet_until as qualified_at,
+        last_views.properties,
+        window_views.first_viewed_at,
+        window_views.view_count
+
+    from last_views
+    inner join window_views
+        on last_views.event_id = window_views.event_id
+    -- viewed at least twice within 24 hours
+    where window_views.view_count >= 2
+
+),
+
+not_added as (
+
+    select browses.*
+
+    from browses
+    left join adds
+        on browses.contact_id = adds.contact_id
+        and browses.product_id = adds.product_id
+        -- added to the cart after the first view of the visit and by the time the
+        -- reminder is due: the cart reminder's business, not this one's
+        and adds.occurred_at >= browses.first_viewed_at
+        and adds.occurred_at <= browses.qualified_at
+    where adds.contact_id is null
+
+),
+
+periods as (
+
+    select
+        *,
+        -- 7-day periods starting on Mondays (1970-01-05 was one), counted in UTC: at most
+        -- one reminder per contact, product and period
+        cast(floor(
+            {{ dbt.datediff("cast('1970-01-05' as date)", 'cast(qualified_at as date)', 'day') }} / 7
+        ) as {{ dbt.type_int() }}) as period_number
+
+    from not_added
+
+),
+
+firsts as (
+
+    select
+        *,
+        {{ dbt.dateadd('day', 'period_number * 7', "cast('1970-01-05' as date)") }} as period_started_on,
+        row_number() over (
+            partition by contact_id, product_id, period_number
+            order by qualified_at, event_id
+        ) as qualification_number
+
+    from periods
+
+),
+
+qualifications as (
+
+    select
+        contact_id,
+        contact_id || ':' || product_id || ':' || {{ dbt.cast(dbt.cast('period_started_on', 'date'), dbt.type_string()) }} as trigger_key,
+        qualified_at,
+        '{"product": ' || properties
+            || ', "view_count": ' || cast(view_count as {{ dbt.type_string() }})
+            || ', "first_viewed_at": ' || {{ json_string(dbt.cast('first_viewed_at', dbt.type_string())) }}
+            || ', "last_viewed_at": ' || {{ json_string(dbt.cast('last_viewed_at', dbt.type_string())) }}
+            || '}' as context
+
+    from firsts
+    where qualification_number = 1
+
+),
+
+final as (
+
+    select
+        cast(contact_id as {{ dbt.type_string() }}) as contact_id,
+        cast(trigger_key as {{ dbt.type_string() }}) as trigger_key,
+        cast(qualified_at as {{ dbt.type_timestamp() }}) as qualified_at,
+        {{ nudge_due_at('qualified_at') }} as due_at,
+        cast(context as {{ dbt.type_string() }}) as context
+
+    from qualifications
+    where qualified_at <= {{ nudge_as_of() }}
+
+)
+
+select * from final
