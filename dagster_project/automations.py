@@ -46,6 +46,11 @@ class _NudgeMeta(BaseModel):
     reentry: str = "every_time"
     holdout_percent: float = Field(default=0, ge=0, le=100)
     conversion: _Conversion | None = None
+    # Read by the send step (issue #3); declared here so trigger models using them load.
+    exit_events: list[str] = []
+    priority: int = 100
+    start_at: str | None = None
+    quiet_hours: bool | None = None
 
     @field_validator("delay", "send_window")
     @classmethod
