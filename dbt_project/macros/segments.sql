@@ -1,11 +1,10 @@
 {% macro nudge_segment_models() -%}
     {#- The names of the segment models: models in the segments folder whose name starts
-        with seg_, sorted. Empty while parsing, when dbt has no graph yet. -#}
-    {%- if not execute -%}
-        {{ return([]) }}
-    {%- endif -%}
+        with seg_, sorted. Empty while parsing, when dbt has no graph yet, and in dbt unit
+        tests, which run without one. -#}
+    {%- set nodes = (graph.get('nodes') or {}) if execute else {} -%}
     {%- set names = [] -%}
-    {%- for node in graph.nodes.values() -%}
+    {%- for node in nodes.values() -%}
         {%- if node.resource_type == 'model'
                 and node.package_name == project_name
                 and node.fqn | length > 2 and node.fqn[1] == 'segments'
@@ -57,10 +56,11 @@
             "nudge_segment_entries: '" ~ segment_name ~ "' is not a segment model name (seg_...)"
         ) }}
     {%- endif -%}
-    {%- if execute and segment_name not in nudge_segment_models() -%}
+    {%- set known_segments = nudge_segment_models() -%}
+    {%- if known_segments and segment_name not in known_segments -%}
         {{ exceptions.raise_compiler_error(
             "nudge_segment_entries: there is no segment model " ~ segment_name
-            ~ " in models/segments (found: " ~ nudge_segment_models() | join(', ') ~ ")"
+            ~ " in models/segments (found: " ~ known_segments | join(', ') ~ ")"
         ) }}
     {%- endif -%}
     {%- set entered_at_text = 'cast(changed_at as ' ~ dbt.type_string() ~ ')' -%}
