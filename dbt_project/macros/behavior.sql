@@ -39,6 +39,28 @@
 {%- endmacro %}
 
 
+{% macro nudge_check_at_least(macro_name, at_least) -%}
+    {%- if at_least is not number or at_least < 1 or at_least != (at_least | int) -%}
+        {{ exceptions.raise_compiler_error(
+            macro_name ~ ": at_least must be a whole number of at least 1, got '" ~ at_least ~ "'"
+        ) }}
+    {%- endif -%}
+{%- endmacro %}
+
+
+{% macro nudge_matching_events(event_name, where=none, events=none) -%}
+    {#- The from and where clauses of the events of the given names by as_of that satisfy
+        the where predicate. int_events stops at as_of; another relation passed as events
+        may not. -#}
+    from {{ nudge_events_relation(events) }}
+    where event_name in ({{ nudge_event_name_list(event_name) }})
+        and occurred_at <= {{ nudge_as_of() }}
+    {%- if where %}
+        and ({{ where }})
+    {%- endif %}
+{%- endmacro %}
+
+
 {% macro nudge_subtract_duration(timestamp_expression, duration) -%}
     {#- The start of a look-back window: the mirror of nudge_add_duration. -#}
     {%- set parsed = nudge_parse_duration(duration) -%}
@@ -69,11 +91,7 @@
             "nudge_performed: direction must be 'before' or 'after', got '" ~ direction ~ "'"
         ) }}
     {%- endif -%}
-    {%- if at_least is not number or at_least < 1 or at_least != (at_least | int) -%}
-        {{ exceptions.raise_compiler_error(
-            "nudge_performed: at_least must be a whole number of at least 1, got '" ~ at_least ~ "'"
-        ) }}
-    {%- endif -%}
+    {%- do nudge_check_at_least('nudge_performed', at_least) -%}
     {%- set anchor = relative_to if relative_to is not none else nudge_as_of() -%}
     {%- set subquery -%}
         select {{ 'count(*)' if at_least > 1 else '1' }}
@@ -152,13 +170,7 @@
                 order by occurred_at {{ order }}, event_id {{ order }}
             ) as occurrence_rank
 
-        from {{ nudge_events_relation(events) }}
-        where event_name in ({{ nudge_event_name_list(event_name) }})
-            -- int_events stops at as_of; another relation passed as events may not
-            and occurred_at <= {{ nudge_as_of() }}
-        {%- if where %}
-            and ({{ where }})
-        {%- endif %}
+        {{ nudge_matching_events(event_name, where, events) }}
 
     ) as ranked_occurrences
 
@@ -186,11 +198,7 @@
         event at_least - 1 places back is still inside the window ending there, and it
         held without a break since the previous event when the event at_least places
         back had not yet left the window when this one came. -#}
-    {%- if at_least is not number or at_least < 1 or at_least != (at_least | int) -%}
-        {{ exceptions.raise_compiler_error(
-            "nudge_performers: at_least must be a whole number of at least 1, got '" ~ at_least ~ "'"
-        ) }}
-    {%- endif -%}
+    {%- do nudge_check_at_least('nudge_performers', at_least) -%}
     {%- set ordering = 'partition by contact_id order by occurred_at, event_id' -%}
     {%- if within is none -%}
         {%- set holds = 'window_start_event_at is not null' -%}
@@ -232,12 +240,7 @@
                 {%- endif %}
                 lag(occurred_at, {{ at_least }}) over ({{ ordering }}) as previous_window_start_event_at
 
-            from {{ nudge_events_relation(events) }}
-            where event_name in ({{ nudge_event_name_list(event_name) }})
-                and occurred_at <= {{ nudge_as_of() }}
-            {%- if where %}
-                and ({{ where }})
-            {%- endif %}
+            {{ nudge_matching_events(event_name, where, events) }}
 
         ) as lagged_events
 

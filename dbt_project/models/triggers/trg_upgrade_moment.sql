@@ -21,50 +21,30 @@ free_plan_contacts as (
 
 ),
 
-limits_reached as (
-
-    select
-        contact_id,
-        event_id,
-        occurred_at,
-        properties,
-        is_syncing,
-        'plan_limit_reached' as reason
-
-    from events
-    where event_name = 'plan_limit_reached'
-
-),
-
-premium_previews as (
-
-    -- a free user's third try of a premium feature within 7 days (each try from the
-    -- third on, while three fall inside the 7 days up to it)
-    select
-        contact_id,
-        event_id,
-        occurred_at,
-        properties,
-        is_syncing,
-        'premium_feature_used' as reason
-
-    from events as tries
-    where tries.event_name = 'premium_feature_used'
-        and {{ nudge_performed(
-            'premium_feature_used',
-            within='7d',
-            relative_to='tries.occurred_at',
-            at_least=3,
-            contact_id='tries.contact_id'
-        ) }}
-
-),
-
 moments as (
 
-    select * from limits_reached
-    union all
-    select * from premium_previews
+    -- a plan limit reached, or a try of a premium feature that is at least the third in
+    -- the 7 days up to it (imported tries count toward the three)
+    select
+        contact_id,
+        event_id,
+        event_name as reason,
+        occurred_at,
+        properties,
+        is_syncing
+
+    from events as tries
+    where tries.event_name = 'plan_limit_reached'
+        or (
+            tries.event_name = 'premium_feature_used'
+            and {{ nudge_performed(
+                'premium_feature_used',
+                within='7d',
+                relative_to='tries.occurred_at',
+                at_least=3,
+                contact_id='tries.contact_id'
+            ) }}
+        )
 
 ),
 
