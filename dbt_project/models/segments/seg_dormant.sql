@@ -1,0 +1,31 @@
+{#- What counts as being active in the app or the shop. trg_winback's exit_events list
+    the same events: coming back is what ends both the dormancy and the winback. -#}
+{%- set activity_events = [
+    'logged_in', 'workout_completed', 'product_viewed', 'added_to_cart', 'purchased', 'premium_feature_used'
+] -%}
+{%- set dormant_after = '30d' -%}
+
+with
+
+last_activity as (
+
+    -- imported history is not the contact's own recent doing: only live events count
+    {{ nudge_last_occurrence(activity_events, where='not is_syncing') }}
+
+),
+
+final as (
+
+    select
+        cast(contact_id as {{ dbt.type_string() }}) as contact_id,
+        -- they became dormant the moment the 30 quiet days were up
+        {{ nudge_add_duration('occurred_at', dormant_after) }} as member_since,
+        cast(occurred_at as {{ dbt.type_timestamp() }}) as last_active_at,
+        cast(event_name as {{ dbt.type_string() }}) as last_activity
+
+    from last_activity
+    where {{ nudge_not_performed(activity_events, within=dormant_after, where='not is_syncing') }}
+
+)
+
+select * from final

@@ -1,0 +1,85 @@
+with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+
+),
+
+contacts as (
+
+    select * from {{ ref('stg_contacts') }}
+
+),
+
+free_plan_contacts as (
+
+    -- the current plan: a contact who has upgraded since is premium here and drops out
+    select contact_id
+    from contacts
+    where {{ json_get('properties', 'plan') }} = 'free'
+
+),
+
+moments as (
+
+    -- a plan limit reached, or a try of a premium feature that is at least the third in
+    -- the 7 days up to it (imported tries count toward the three)
+    select
+        contact_id,
+        event_id,
+        event_name as reason,
+        occurred_at,
+        properties,
+        is_syncing
+
+    from events as tries
+    where tries.event_name = 'plan_limit_reached'
+        or (
+            tries.event_name = 'premium_feature_used'
+            and {{ nudge_performed(
+                'premium_feature_used',
+                within='7d',
+                relative_to='tries.occurred_at',
+                at_least=3,
+                contact_id='tries.contact_id'
+            ) }}
+        )
+
+),
+
+qualifications as (
+
+    select
+        moments.contact_id,
+        -- one qualification per moment; the 30-day re-entry rule keeps it to one email
+        moments.event_id as trigger_key,
+        moments.occurred_at as qualified_at,
+        '{"reason": ' || {{ json_string('moments.reason') }}
+            || ', "event_id": ' || {{ json_string('moments.event_id') }}
+            || ', "properties": ' || moments.properties
+            || '}' as context
+
+    from moments
+    inner join free_plan_contacts
+        on moments.contact_id = free_plan_contacts.contact_id
+    -- imported history is recorded, never acted on
+    where not moments.is_syncing
+
+),
+
+final as (
+
+    select
+        cast(contact_id as {{ dbt.type_string() }}) as contact_id,
+        cast(trigger_key as {{ dbt.type_string() }}) as trigger_key,
+        cast(qualified_at as {{ dbt.type_timestamp() }}) as qualified_at,
+        {{ nudge_due_at('qualified_at') }} as due_at,
+        cast(context as {{ dbt.type_string() }}) as context
+
+    from qualifications
+    where qualified_at <= {{ nudge_as_of() }}
+
+)
+
+select * from final

@@ -1,0 +1,81 @@
+with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+
+),
+
+dormancy_entries as (
+
+    -- one row per inactive stretch: each entry into seg_dormant qualifies once
+    {{ nudge_segment_entries('seg_dormant') }}
+
+),
+
+last_workouts as (
+
+    {{ nudge_last_occurrence('workout_completed', where='not is_syncing') }}
+
+),
+
+workout_counts as (
+
+    -- what they had done before they went quiet
+    select
+        dormancy_entries.trigger_key,
+        count(events.event_id) as workouts_completed
+
+    from dormancy_entries
+    left join events
+        on dormancy_entries.contact_id = events.contact_id
+        and events.event_name = 'workout_completed'
+        and not events.is_syncing
+        and events.occurred_at <= dormancy_entries.qualified_at
+    group by dormancy_entries.trigger_key
+
+),
+
+qualifications as (
+
+    select
+        dormancy_entries.contact_id,
+        dormancy_entries.trigger_key,
+        dormancy_entries.qualified_at,
+        '{"segment": ' || {{ json_string('dormancy_entries.segment') }}
+            || ', "entered_at": ' || {{ json_string('cast(dormancy_entries.entered_at as ' ~ dbt.type_string() ~ ')') }}
+            || ', "workouts_completed": ' || cast(workout_counts.workouts_completed as {{ dbt.type_string() }})
+            -- the workout that was their last before going quiet, if any; a workout after
+            -- the entry means they came back, which the send step handles as an exit
+            || ', "last_workout": ' || coalesce(
+                case
+                    when last_workouts.occurred_at <= dormancy_entries.qualified_at
+                        then last_workouts.properties
+                end,
+                'null'
+            )
+            || '}' as context
+
+    from dormancy_entries
+    left join last_workouts
+        on dormancy_entries.contact_id = last_workouts.contact_id
+    inner join workout_counts
+        on dormancy_entries.trigger_key = workout_counts.trigger_key
+
+),
+
+final as (
+
+    select
+        cast(contact_id as {{ dbt.type_string() }}) as contact_id,
+        cast(trigger_key as {{ dbt.type_string() }}) as trigger_key,
+        cast(qualified_at as {{ dbt.type_timestamp() }}) as qualified_at,
+        {{ nudge_due_at('qualified_at') }} as due_at,
+        cast(context as {{ dbt.type_string() }}) as context
+
+    from qualifications
+    where qualified_at <= {{ nudge_as_of() }}
+
+)
+
+select * from final
