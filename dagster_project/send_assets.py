@@ -10,21 +10,24 @@ the one that matters more, whatever order an orchestrator would pick for separat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import dagster as dg
 import duckdb
 
 from dagster_project.automations import Automation, Policy
-from dagster_project.backends.base import BackendUnavailable
+from dagster_project.backends.base import BackendUnavailable, EmailBackend
 from dagster_project.builds import NotBuiltError, require_built
 from dagster_project.clock import as_of_for, format_as_of
 from dagster_project.dbt_assets import LEDGER_KEY
 from dagster_project.ledger import LEDGER_TABLE, ensure_ledger, status_counts
+from dagster_project.rendering import TemplateError
 from dagster_project.resources import EmailBackendResource, SendSettings
-from dagster_project.send import SendReport, send_automation
+from dagster_project.send import SendConfig, SendReport, send_automation
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
 
 LEDGER_CHECK = "no_unknown_messages"
+SEND_STEP = "send"
 
 
 def _metadata(report: SendReport, backend: str, seconds: float) -> dict[str, object]:
@@ -114,7 +117,7 @@ def build_send_assets(
     marketing = [t.automation.name for t in targets if t.automation.is_marketing]
 
     @dg.multi_asset(
-        name="send",
+        name=SEND_STEP,
         specs=[*(_send_spec(t) for t in targets), _ledger_spec([t.key for t in targets])],
         check_specs=[
             dg.AssetCheckSpec(
@@ -136,50 +139,28 @@ def build_send_assets(
         selected = context.selected_asset_keys
         failures: list[str] = []
         config = send_settings.config()
+        wanted = [target for target in targets if target.key in selected]
+        finished: set[dg.AssetKey] = set()
         with warehouse.connect() as con:
-            backend_down: BackendUnavailable | None = None
-            for target in targets:
-                if target.key not in selected:
-                    continue
-                automation = target.automation
-                if backend_down is not None:
-                    failures.append(f"{target.key.to_user_string()}: not attempted, the backend is down ({backend_down})")
-                    continue
-                try:
-                    # Our own gate: a failed dbt test upstream stops this automation, whatever the orchestrator does.
-                    require_built(con, automation.model_unique_id, as_of)
-                except NotBuiltError as error:
-                    failures.append(f"{target.key.to_user_string()}: {error}")
-                    context.log.error(failures[-1])
-                    continue
-                started = time.perf_counter()
-                try:
-                    with email.open() as backend:
-                        report = send_automation(
-                            con,
-                            automation,
-                            contacts_relation=contacts_relation,
-                            events_relation=events_relation,
-                            backend=backend,
-                            config=config,
-                            as_of=as_of,
-                            policy=policy,
-                            marketing_automations=marketing,
-                            log=context.log.info,
-                        )
-                except BackendUnavailable as error:
-                    backend_down = error
-                    failures.append(f"{target.key.to_user_string()}: {error}")
-                    context.log.error(failures[-1])
-                    continue
-                context.log.info(
-                    f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "
-                    f"{report.skipped_total} skipped, {report.held_out} held out, {report.held} held, "
-                    f"{report.failed} failed"
-                )
-                yield dg.MaterializeResult(
-                    asset_key=target.key,
-                    metadata=_metadata(report, email.description, time.perf_counter() - started),
+            try:
+                # One connection to the backend for the whole tick; opening it decides nothing yet.
+                with email.open() as backend:
+                    for target in wanted:
+                        outcome = _send_one(context, con, target, backend, config, as_of, policy, marketing,
+                                            contacts_relation, events_relation, email.description)
+                        finished.add(target.key)
+                        if isinstance(outcome, str):
+                            failures.append(outcome)
+                            context.log.error(outcome)
+                        else:
+                            yield outcome
+            except BackendUnavailable as error:
+                # The one that was sending when it went down marked its unsent claims `failed`
+                # (temporary): a later tick retries them.
+                failures.extend(
+                    f"{target.key.to_user_string()}: not sent, the email backend is unavailable: {error}"
+                    for target in wanted
+                    if target.key not in finished
                 )
             if LEDGER_KEY in selected:
                 yield from _ledger_results(con)
@@ -188,6 +169,53 @@ def build_send_assets(
             raise dg.Failure(description="\n".join(failures))
 
     return send
+
+
+def _send_one(
+    context: dg.AssetExecutionContext,
+    con: duckdb.DuckDBPyConnection,
+    target: SendTarget,
+    backend: EmailBackend,
+    config: SendConfig,
+    as_of: datetime,
+    policy: Policy,
+    marketing: Sequence[str],
+    contacts_relation: str,
+    events_relation: str,
+    backend_description: str,
+) -> dg.MaterializeResult | str:
+    """One automation's send: its materialization, or why it did not run (BackendUnavailable propagates)."""
+    automation = target.automation
+    try:
+        # Our own gate: a failed dbt test upstream stops this automation, whatever the orchestrator does.
+        require_built(con, automation.model_unique_id, as_of)
+    except NotBuiltError as error:
+        return f"{target.key.to_user_string()}: {error}"
+    started = time.perf_counter()
+    try:
+        report = send_automation(
+            con,
+            automation,
+            contacts_relation=contacts_relation,
+            events_relation=events_relation,
+            backend=backend,
+            config=config,
+            as_of=as_of,
+            policy=policy,
+            marketing_automations=marketing,
+            log=context.log.info,
+        )
+    except TemplateError as error:
+        # Compiled before anything is claimed: this automation stops, the others still go.
+        return f"{target.key.to_user_string()}: {error}"
+    context.log.info(
+        f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "
+        f"{report.skipped_total} skipped, {report.held_out} held out, {report.held} held, {report.failed} failed"
+    )
+    return dg.MaterializeResult(
+        asset_key=target.key,
+        metadata=_metadata(report, backend_description, time.perf_counter() - started),
+    )
 
 
 def _ledger_results(con: duckdb.DuckDBPyConnection) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,6 +13,7 @@ import dagster as dg
 
 from dagster_project.clock import as_of_tags
 from dagster_project.definitions import TICK_JOB
+from dagster_project.send_assets import SEND_STEP
 
 
 def default_instance() -> dg.DagsterInstance:
@@ -44,7 +46,21 @@ def _failure_message(error: Any) -> str:
         return "failed"
     while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
         error = error.cause
-    return error.message.strip()
+    message = error.message.strip()
+    # A Failure's description is the message meant for people; drop the class name before it.
+    return message.removeprefix("dagster._core.definitions.events.Failure:").strip()
+
+
+_ASSET_LINE = re.compile(r"^send_\w+: ")
+
+
+def _per_asset(step_key: str, message: str) -> list[str]:
+    """The send step produces an asset per automation and fails with one line per automation
+    that did not send, each naming it: keep them apart so each reads on its own."""
+    lines = message.splitlines()
+    if step_key == SEND_STEP and lines and all(_ASSET_LINE.match(line) for line in lines):
+        return lines
+    return [f"{step_key}: {message}"]
 
 
 def run_tick(
@@ -67,5 +83,5 @@ def run_tick(
             name: _plain(value) for name, value in materialization.metadata.items()
         }
     for event in result.get_step_failure_events():
-        tick.failures.append(f"{event.step_key}: {_failure_message(event.step_failure_data.error)}")
+        tick.failures.extend(_per_asset(event.step_key, _failure_message(event.step_failure_data.error)))
     return tick

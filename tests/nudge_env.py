@@ -46,6 +46,13 @@ class NudgeEnv:
     def scalar(self, sql: str, params: list | None = None):
         return self.query(sql, params)[0][0]
 
+    def categories(self) -> dict[str, str]:
+        """automation -> marketing | transactional, as the project declares them."""
+        from dagster_project.automations import project_automations
+
+        manifest = self.settings.dbt_project_dir / "target" / "manifest.json"
+        return {a.name: a.category for a in project_automations(self.settings.dbt_project_dir, manifest)[0]}
+
     def emails(self) -> list[EmailMessage]:
         return [
             email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[misc]

@@ -9,12 +9,14 @@ Each fixture snapshots what it saw, so a test reads the state of its own tick.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from smtp_sink import HOST, ReceivedMessage, SmtpSink, free_port
 
+from dagster_project.automations import load_policy
 from dagster_project.dbt_assets import prepare_manifest
+from dagster_project.policies import contact_zone
 from dagster_project.sample_data import DEFAULT_END, generate
 from dagster_project.tick import TickResult
 from tests.nudge_env import NudgeEnv, copy_project, make_env
@@ -73,17 +75,22 @@ def server_down(tmp_path_factory, dbt_manifest):
     """A tick whose SMTP server is not listening: nothing may be claimed."""
     closed_port = free_port()
     env = make_env(tmp_path_factory.mktemp("smtp"), email_url=f"smtp://{HOST}:{closed_port}?timeout=5")
-    generate(env.settings.landing_dir, contacts=200, seed=SEED)
+    generate(env.settings.landing_dir, contacts=500, seed=SEED)
     tick = env.tick(AS_OF)
     return env, closed_port, TickSnapshot(tick, ledger(env), [])
 
 
 def _two_plain_welcome_recipients(env: NudgeEnv) -> tuple[str, str]:
-    """Two subscribed contacts due a welcome, whose address nobody else has and who have no cart due,
-    so refusing their address at the server touches exactly one ledger row each."""
+    """Two subscribed contacts due a welcome, whose address nobody else has, who are due nothing
+    else and are awake at both ticks, so refusing their address at the server touches exactly one
+    ledger row each."""
+    others = " union all ".join(
+        f"select contact_id from triggers.trg_{name} where due_at <= ? + interval 1 hour"
+        for name in env.categories() if name != "welcome"
+    )
     rows = env.query(
-        """
-        select c.email
+        f"""
+        select c.email, c.timezone
         from triggers.trg_welcome as t
         join staging.stg_contacts as c on c.contact_id = t.contact_id
         where t.due_at <= ? and t.due_at >= ? - interval 48 hours
@@ -91,13 +98,21 @@ def _two_plain_welcome_recipients(env: NudgeEnv) -> tuple[str, str]:
           and c.email not in (
               select email from staging.stg_contacts where email is not null group by email having count(*) > 1
           )
-          and t.contact_id not in (select contact_id from triggers.trg_cart_abandoned)
+          and t.contact_id not in ({others})
         order by t.contact_id
         """,
-        [AS_OF, AS_OF],
+        [AS_OF, AS_OF, *([AS_OF] * (len(env.categories()) - 1))],
     )
-    assert len(rows) >= 3, "the sample data should have several welcomes due at its end"
-    return rows[0][0], rows[1][0]
+    policy = load_policy(env.settings.dbt_project_dir)
+    awake = [
+        email for email, timezone in rows
+        if not any(
+            policy.in_quiet_hours(moment.replace(tzinfo=UTC).astimezone(contact_zone(timezone)).time())
+            for moment in (AS_OF, AN_HOUR_LATER)
+        )
+    ]
+    assert len(awake) >= 2, "the sample data should have several welcomes due at its end"
+    return awake[0], awake[1]
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +152,11 @@ def test_a_tick_fails_naming_the_server_when_it_cannot_be_reached(server_down):
     _, closed_port, snapshot = server_down
     assert not snapshot.tick.success
     send_failures = [failure for failure in snapshot.tick.failures if failure.startswith("send_")]
-    assert {failure.split(":", 1)[0] for failure in send_failures} == {"send_welcome", "send_cart_abandoned"}
+    env = server_down[0]
+    assert {line.split(":", 1)[0] for line in send_failures} == {f"send_{name}" for name in env.categories()}
     for failure in send_failures:
         assert f"{HOST}:{closed_port}" in failure, failure
+    assert env.scalar("select count(*) from triggers.trg_welcome") > 0
 
 
 def test_nothing_is_claimed_when_the_server_cannot_be_reached(server_down):
@@ -158,15 +175,16 @@ def test_the_server_receives_exactly_the_ledgers_sent_messages(first_tick):
     assert len(received_ids) == len(set(received_ids)), "a message reached the server twice"
     assert sorted(received_ids) == sent_message_ids(first_tick.ledger)
     automations = {row["automation"] for row in first_tick.ledger.values() if row["status"] == "sent"}
-    assert automations == {"welcome", "cart_abandoned"}
-    for automation in ("welcome", "cart_abandoned"):
+    assert {"welcome", "cart_abandoned"} <= automations
+    for automation in automations:
         sent = sum(
             1 for row in first_tick.ledger.values() if row["automation"] == automation and row["status"] == "sent"
         )
         assert first_tick.tick.metadata(f"send_{automation}", "sent") == sent
 
 
-def test_each_message_goes_to_the_ledgers_address_with_its_headers_and_envelope(first_tick):
+def test_each_message_goes_to_the_ledgers_address_with_its_headers_and_envelope(installation, first_tick):
+    transactional = {name for name, category in installation.env.categories().items() if category == "transactional"}
     by_message_id = {row["message_id"]: row for row in first_tick.ledger.values()}
     for received in first_tick.received:
         row = by_message_id[received.message_id]
@@ -174,8 +192,11 @@ def test_each_message_goes_to_the_ledgers_address_with_its_headers_and_envelope(
         assert received.rcpt_tos == (row["email"],)
         assert [address.addr_spec for address in parsed["To"].addresses] == [row["email"]]
         assert str(parsed["X-Nudge-Automation"]) == row["automation"]
-        assert "<https://" in str(parsed["List-Unsubscribe"]) and "<mailto:" in str(parsed["List-Unsubscribe"])
-        assert str(parsed["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+        if row["automation"] in transactional:
+            assert parsed["List-Unsubscribe"] is None
+        else:
+            assert "<https://" in str(parsed["List-Unsubscribe"]) and "<mailto:" in str(parsed["List-Unsubscribe"])
+            assert str(parsed["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
         [sender] = parsed["From"].addresses
         assert received.mail_from == sender.addr_spec
 
@@ -237,7 +258,8 @@ def test_the_same_hour_again_delivers_nothing_more(later_tick, same_hour_again):
 FAILS_FOR_SOME = "{% if contact.contact_id[-1] in '02468' %}{{ context.no_such_field }}{% endif %}\n"
 # A filter with no name: a syntax error on the line after the block opens.
 DOES_NOT_COMPILE = "{{ contact.first_name | }}\n"
-POLICY_SKIPS = ("stale", "unknown_contact", "no_email", "not_subscribed", "reentry")
+POLICY_SKIPS = ("stale", "unknown_contact", "no_email", "not_subscribed", "reentry", "exited", "quiet_hours", "capped",
+                "before_start")
 
 
 def _insert_after_content_block(path, line: str) -> None:
@@ -255,7 +277,7 @@ def broken_templates(tmp_path_factory, dbt_manifest):
     _insert_after_content_block(templates_dir / "welcome" / "body.txt", FAILS_FOR_SOME)
     _insert_after_content_block(templates_dir / "cart_abandoned" / "body.html", DOES_NOT_COMPILE)
     env = make_env(root, dbt_project_dir=dbt_dir, templates_dir=templates_dir)
-    generate(env.settings.landing_dir, contacts=200, seed=SEED)
+    generate(env.settings.landing_dir, contacts=500, seed=SEED)
     tick = env.tick(AS_OF)
     return env, tick
 
@@ -296,8 +318,9 @@ def test_the_failure_of_a_template_that_does_not_compile_names_the_file(broken_t
 
 def test_an_independent_automation_still_sends_beside_a_broken_one(broken_templates):
     env, tick = broken_templates
-    # Dagster runs the sibling step to completion; only what depends on the failed step is skipped.
+    # The send step sends every other automation, records the ledger, then fails naming the
+    # broken one; only what runs after the step (reporting) is skipped.
     assert "send_welcome" in tick.assets and "send_cart_abandoned" not in tick.assets
     assert tick.metadata("send_welcome", "sent") > 0
     assert [failure.split(":", 1)[0] for failure in tick.failures] == ["send_cart_abandoned"]
-    assert "nudge/messages" not in tick.assets  # downstream of both sends: skipped, not run
+    assert "nudge/messages" in tick.assets and "rpt_automation_performance" not in tick.assets
