@@ -24,11 +24,7 @@ qualifications as (
 final as (
 
     select
-        cast(contact_id as {{ dbt.type_string() }}) as contact_id,
-        cast(trigger_key as {{ dbt.type_string() }}) as trigger_key,
-        cast(qualified_at as {{ dbt.type_timestamp() }}) as qualified_at,
-        {{ nudge_due_at('qualified_at') }} as due_at,
-        cast(context as {{ dbt.type_string() }}) as context
+        {{ nudge_trigger_columns() }}
 
     from qualifications
     where qualified_at <= {{ nudge_as_of() }}
