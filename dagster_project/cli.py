@@ -236,9 +236,17 @@ def backtest(
         for failure in tick.failures:
             console.print(Text.assemble(("FAILED ", "red"), failure))
 
+    settings = _settings()
+    console.print(
+        f"Replaying the ticks from {format_as_of(first)} to {format_as_of(last)} UTC every {every} on a copy of "
+        f"{settings.warehouse} (taken when no tick is writing it); nothing is sent.",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     try:
         result = run_backtest(
-            _settings(), automation, first, last, interval, out_dir=out, keep_warehouse=keep_warehouse,
+            settings, automation, first, last, interval, out_dir=out, keep_warehouse=keep_warehouse,
             log_level="DEBUG" if verbose else "ERROR", quiet=not verbose, on_tick=progress,
         )
     except BacktestError as error:

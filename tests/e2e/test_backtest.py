@@ -37,6 +37,34 @@ LEDGER_COLUMNS = (
 )
 
 
+# Two contacts whose carts in the replayed day meet the policies: one unsubscribed, one whose first
+# cart is due in the early morning of Berlin (quiet hours) and bought soon after, then a second cart.
+PLANTED_CONTACTS = [
+    {"contact_id": "c_bt_berlin", "email": "berlin@example.com", "status": "subscribed", "first_name": "Bea",
+     "last_name": "Test", "timezone": "Europe/Berlin", "properties": {"plan": "free"}, "updated_at": "2026-10-01T00:00:00Z"},
+    {"contact_id": "c_bt_unsub", "email": "unsub@example.com", "status": "unsubscribed", "first_name": "Uli",
+     "last_name": "Test", "timezone": "UTC", "properties": {"plan": "free"}, "updated_at": "2026-10-01T00:00:00Z"},
+]
+ITEM = {"product_id": "p_001", "name": "Yoga Mat", "category": "yoga", "price": 29.0, "quantity": 1}
+PLANTED_EVENTS = [
+    ("e_bt_cart_1", "c_bt_berlin", "added_to_cart", 2, ITEM),
+    ("e_bt_purchase", "c_bt_berlin", "purchased", 7,
+     {"order_id": "o_bt", "total": 29.0, "currency": "EUR", "products": [ITEM]}),
+    ("e_bt_cart_2", "c_bt_berlin", "added_to_cart", 8, ITEM),
+    ("e_bt_cart_3", "c_bt_unsub", "added_to_cart", 2, ITEM),
+]
+
+
+def plant(landing_dir) -> None:
+    (landing_dir / "contacts" / "planted.jsonl").write_text("".join(json.dumps(c) + "\n" for c in PLANTED_CONTACTS))
+    events = [
+        {"event_id": event_id, "contact_id": contact_id, "name": name,
+         "occurred_at": iso(T0 + timedelta(hours=hours)), "properties": properties}
+        for event_id, contact_id, name, hours, properties in PLANTED_EVENTS
+    ]
+    (landing_dir / "events" / "planted.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
 def iso(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -54,6 +82,7 @@ def envs(tmp_path_factory, dbt_manifest) -> tuple[NudgeEnv, NudgeEnv]:
     """(real, replay): two installations sharing one warehouse, ingested once by a tick at T0."""
     real = make_env(tmp_path_factory.mktemp("real"))
     generate(real.settings.landing_dir, contacts=300, seed=11)
+    plant(real.settings.landing_dir)
     first = real.tick(T0)
     assert first.success, first.failures
     replay = make_env(tmp_path_factory.mktemp("replay"))
@@ -109,6 +138,9 @@ def test_the_backtest_decides_each_tick_what_the_real_tick_decided(real_decision
     assert comparable(replayed) == comparable(real_decisions)
     assert set(replayed["tick"].to_list()) <= set(TICKS)
     assert replayed.filter(pl.col("status") == "sent").height > 0, "the day should have carts to remind of"
+    planted = replayed.filter(pl.col("contact_id").str.starts_with("c_bt_"))
+    assert set(planted["trigger_key"]) == {"e_bt_cart_1", "e_bt_cart_2", "e_bt_cart_3"}
+    assert planted.filter(pl.col("status") != "sent").height >= 2, "the planted carts meet the policies"
 
 
 def test_every_automations_ledger_after_the_replay_equals_the_real_one(envs, real_decisions, backtest):
