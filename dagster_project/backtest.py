@@ -7,8 +7,11 @@ schedule runs) once per tick time, on a scratch copy of the warehouse:
 - its ledger is rewound to how it stood at the first tick: rows decided at or after
   it are deleted, and so are earlier rows that only went out at or after it (held or
   retried then); earlier decisions stay, because re-entry and the frequency cap read them;
-- incremental models are dropped, so the first replayed tick builds them from scratch
-  as of its own time (their state in the copy was built later, from later events);
+- incremental models were built later, from later events: an append-only history stamped
+  with the tick that recorded each row (a `recorded_as_of` column, like the segment
+  membership history) loses the rows recorded at or after the first tick, so the replay
+  continues it as the real ticks did; any other incremental model is dropped, and the
+  first replayed tick builds it from scratch (what `dbt build --full-refresh` does);
 - no ingestion (the events already in the warehouse are the history) and no reporting;
 - the email backend is null://, which accepts every message and delivers none.
 
@@ -47,6 +50,8 @@ NULL_EMAIL_URL = "null://"
 # The tick minus what a replay must not do: load landing files, rebuild reports on the ledger.
 REPLAY_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups("ingest", "reporting")
 REPORTING_PATH = "models/reporting/"
+# The column of an append-only incremental history that names the tick which recorded a row.
+HISTORY_COLUMN = "recorded_as_of"
 
 DECISIONS_SCHEMA = {
     "tick": pl.Datetime("us"),
@@ -72,6 +77,7 @@ class Rewind:
 
     decided_later: int  # ledger rows decided at or after the first tick
     sent_later: int  # rows decided before it that went out at or after it (held or retried)
+    rewound_models: tuple[str, ...]  # incremental histories cut back to the rows recorded before the first tick
     rebuilt_models: tuple[str, ...]  # incremental models dropped, rebuilt from scratch by the first tick
 
 
@@ -158,13 +164,26 @@ def rewind(con: duckdb.DuckDBPyConnection, start: datetime, manifest: dict[str, 
     # waiting for a retry. The replay decides it again, with the same policies.
     (sent_later,) = con.execute(f"delete from {LEDGER_TABLE} where sent_at >= ?", [start]).fetchone()
 
-    rebuilt = []
+    rewound, rebuilt = [], []
     for node in incremental_models(manifest):
-        # Built later, from later events: dropped, the first replayed tick builds it as dbt
-        # would with --full-refresh, as of its own time.
-        con.execute(f"drop table if exists {relation_of(node)}")
-        rebuilt.append(node["name"])
-    return Rewind(decided_later, sent_later, tuple(rebuilt))
+        columns = _columns(con, node)
+        if not columns:
+            continue  # never built here: the first replayed tick builds it from scratch anyway
+        if HISTORY_COLUMN in columns:
+            con.execute(f"delete from {relation_of(node)} where {HISTORY_COLUMN} >= ?", [start])
+            rewound.append(node["name"])
+        else:
+            con.execute(f"drop table {relation_of(node)}")
+            rebuilt.append(node["name"])
+    return Rewind(decided_later, sent_later, tuple(rewound), tuple(rebuilt))
+
+
+def _columns(con: duckdb.DuckDBPyConnection, node: dict[str, Any]) -> set[str]:
+    rows = con.execute(
+        "select column_name from information_schema.columns where table_schema = ? and table_name = ?",
+        [node["schema"], node.get("alias") or node["name"]],
+    ).fetchall()
+    return {name for (name,) in rows}
 
 
 def tick_decisions(
@@ -286,7 +305,9 @@ def render_report(backtest: Backtest) -> str:
         "(they compete through the frequency cap) and the email backend null://: nothing was delivered.",
         f"Ledger rewound to {_minute(backtest.start)} UTC: {backtest.rewind.decided_later} rows decided at or "
         f"after it removed, {backtest.rewind.sent_later} rows that went out only then decided again.",
-        "Incremental models rebuilt from scratch by the first tick: "
+        "Incremental histories cut back to the rows recorded before it: "
+        + (", ".join(backtest.rewind.rewound_models) or "none")
+        + "; incremental models rebuilt from scratch by the first tick: "
         + (", ".join(backtest.rewind.rebuilt_models) or "none")
         + ".",
         "",

@@ -179,7 +179,7 @@ def test_the_report_names_who_would_have_been_emailed_per_tick(backtest):
     for (status, reason), group in final.filter(pl.col("status") != "sent").group_by("status", "reason"):
         assert f"| {status} | {reason or '-'} | {group.height} |" in report
     assert pl.read_csv(out / "decisions.csv").height == replayed.height
-    assert "Incremental models rebuilt from scratch by the first tick:" in report
+    assert "Incremental histories cut back to the rows recorded before it: segment_membership_changes;" in report
 
 
 def test_explain_reads_the_kept_replay(backtest, envs):
@@ -233,26 +233,36 @@ def test_the_rewind_keeps_what_was_decided_before_the_first_tick(tmp_path):
             "sent_at, updated_at) values ('a', ?, 'c', 'm', ?, ?, ?, now())",
             [key, status, decided_at, sent_at],
         )
-    con.execute("create schema segments; create table segments.seg_history (x int); create table segments.seg_plain (x int)")
-    manifest = {
-        "nodes": {
-            "model.nudge.seg_history": {
-                "resource_type": "model", "name": "seg_history", "schema": "segments",
-                "original_file_path": "models/segments/seg_history.sql", "config": {"materialized": "incremental"},
-            },
-            "model.nudge.seg_plain": {
-                "resource_type": "model", "name": "seg_plain", "schema": "segments",
-                "original_file_path": "models/segments/seg_plain.sql", "config": {"materialized": "table"},
-            },
+    con.execute(
+        """
+        create schema segments;
+        create table segments.history (contact_id varchar, recorded_as_of timestamp);
+        insert into segments.history values ('kept', '2026-10-31 05:00'), ('later', '2026-10-31 06:00');
+        create table segments.counts (contact_id varchar, n int);
+        create table segments.plain (x int);
+        """
+    )
+
+    def model(name, materialized="incremental"):
+        return {
+            "resource_type": "model", "name": name, "schema": "segments",
+            "original_file_path": f"models/segments/{name}.sql", "config": {"materialized": materialized},
         }
-    }
+
+    names = ("history", "counts", "never_built")
+    manifest = {"nodes": {f"model.nudge.{name}": model(name) for name in names} | {"model.nudge.plain": model("plain", "table")}}
     undone = rewind(con, start, manifest)
     kept = [key for (key,) in con.execute(f"select trigger_key from {LEDGER_TABLE} order by 1").fetchall()]
-    tables = [name for (name,) in con.execute("select table_name from duckdb_tables() where schema_name = 'segments'").fetchall()]
+    tables = [name for (name,) in con.execute("select table_name from duckdb_tables() where schema_name = 'segments' order by 1").fetchall()]
+    history = con.execute("select contact_id from segments.history").fetchall()
     con.close()
     assert kept == ["before", "skipped_before"]
-    assert (undone.decided_later, undone.sent_later, undone.rebuilt_models) == (2, 1, ("seg_history",))
-    assert tables == ["seg_plain"]
+    assert (undone.decided_later, undone.sent_later) == (2, 1)
+    # A history stamped by tick is cut back to before the first replayed tick; another
+    # incremental model is dropped, to be built from scratch; a table is left alone.
+    assert (undone.rewound_models, undone.rebuilt_models) == (("history",), ("counts",))
+    assert history == [("kept",)]
+    assert tables == ["history", "plain"]
 
 
 def test_null_backend_accepts_everything_and_dedupes():
