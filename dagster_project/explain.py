@@ -11,15 +11,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
-from dagster_project.automations import Automation, automations_from_manifest, find_node, relation_of
+from dagster_project.automations import Automation, find_node, project_automations, relation_of
 from dagster_project.builds import BUILDS_TABLE
 from dagster_project.dbt_assets import dbt_project, load_manifest
 from dagster_project.durations import format_duration
 from dagster_project.ledger import LEDGER_TABLE, MAX_ATTEMPTS
+from dagster_project.policies import contact_zone
 from dagster_project.settings import NudgeSettings
 from dagster_project.warehouse import connect
 
@@ -83,19 +83,9 @@ def when(value: datetime) -> str:
     return f"{value:%Y-%m-%d %H:%M} UTC"
 
 
-def _zone(name: str | None) -> ZoneInfo:
-    """The contact's timezone, UTC where it is missing or not an IANA name (as the send step reads it)."""
-    if name:
-        try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return ZoneInfo("UTC")
-
-
 def quiet_hours_end(after: datetime, timezone: str | None, end: time) -> datetime:
     """The first end of quiet hours after `after` (naive UTC), in the contact's own timezone."""
-    zone = _zone(timezone)
+    zone = contact_zone(timezone)
     local = after.replace(tzinfo=UTC).astimezone(zone)
     ends = datetime.combine(local.date(), end, tzinfo=zone)
     if ends <= local:
@@ -175,14 +165,22 @@ def decision_phrase(
     if status == "skipped":
         return f"skipped {decided} — {_skip_label(reason, automation)}" + (f": {detail}" if detail else "")
     if status == "held":
-        retry = "the next tick outside the contact's quiet hours retries it"
-        if quiet_end is not None and now is not None:
-            timezone = contact.timezone if contact else None
-            retry = f"the first tick at or after {when(quiet_hours_end(now, timezone, quiet_end))} retries it"
-        stale_at = decision.due_at + automation.send_window if decision.due_at else None
-        until = f", until it goes stale after {when(stale_at)}" if stale_at else ""
         what = "quiet hours" if reason == "quiet_hours" else (reason or "no reason recorded")
-        return f"held since {decided} for {what}" + (f" ({detail})" if detail else "") + f"; {retry}{until}"
+        held = f"held since {decided} for {what}" + (f" ({detail})" if detail else "")
+        retry_at = None
+        if quiet_end is not None and now is not None:
+            retry_at = quiet_hours_end(now, contact.timezone if contact else None, quiet_end)
+        stale_at = decision.due_at + automation.send_window if decision.due_at else None
+        if retry_at and stale_at and stale_at < retry_at:
+            return (
+                f"{held}; it goes stale after {when(stale_at)}, before quiet hours end at {when(retry_at)}: "
+                "a tick will skip it as stale, it will not be sent"
+            )
+        retry = f"the first tick at or after {when(retry_at)} retries it" if retry_at else (
+            "the next tick outside the contact's quiet hours retries it"
+        )
+        until = f", until it goes stale after {when(stale_at)}" if stale_at else ""
+        return f"{held}; {retry}{until}"
     if status == "held_out":
         return (
             f"held out {decided}: in the control group ({automation.holdout_percent:g}% of contacts), "
@@ -308,16 +306,6 @@ class ContactExplanation:
         }
 
 
-def _project(settings: NudgeSettings, manifest: dict[str, Any]) -> tuple[list[Automation], time | None]:
-    """The automations, and where quiet hours end (None before the project declares them)."""
-    try:
-        from dagster_project.automations import project_automations  # the policy of issue #3
-    except ImportError:
-        return automations_from_manifest(manifest), None
-    automations, policy = project_automations(settings.dbt_project_dir, manifest)
-    return automations, policy.quiet_end
-
-
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Rows as dicts; None when a table is missing (never built in this warehouse)."""
     try:
@@ -331,7 +319,7 @@ def explain_contact(
 ) -> ContactExplanation:
     settings = settings.resolved()
     manifest = load_manifest(dbt_project(settings.dbt_project_dir))
-    automations, quiet_end = _project(settings, manifest)
+    automations, policy = project_automations(settings.dbt_project_dir, manifest)
     if automation is not None:
         names = sorted(known.name for known in automations)
         automations = [known for known in automations if known.name == automation]
@@ -378,6 +366,6 @@ def explain_contact(
                 decisions=[Decision(**row) for row in decisions or []],
                 built_as_of=built[0]["as_of"] if built and qualifications is not None else None,
                 as_of=as_of,
-                quiet_end=quiet_end,
+                quiet_end=policy.quiet_end,
             )
     return ContactExplanation(contact_id, as_of, contact, contact_sentence(contact_id, contact), explanations)

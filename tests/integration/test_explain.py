@@ -14,7 +14,10 @@ from dagster_project.sample_data import DEFAULT_END, generate
 from tests.nudge_env import make_env
 
 AS_OF = DEFAULT_END.replace(tzinfo=None)
-AUTOMATIONS = ("cart_abandoned", "welcome")
+AUTOMATIONS = (
+    "browse_abandoned", "cart_abandoned", "clicked_no_purchase", "first_login_nudge", "post_purchase",
+    "upgrade_moment", "welcome", "winback", "workout_completed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +118,7 @@ def test_a_contact_that_does_not_exist(env):
 
 
 def test_an_unknown_automation_lists_the_real_ones(env):
-    with pytest.raises(LookupError, match="no automation 'nope'; there are: cart_abandoned, welcome"):
+    with pytest.raises(LookupError, match="no automation 'nope'; there are: " + ", ".join(AUTOMATIONS)):
         explain_contact(env.settings, "c_000001", "nope")
 
 

@@ -115,6 +115,21 @@ def test_held_for_quiet_hours_says_when_it_is_retried_and_until_when():
     assert (explanation.status, explanation.reason) == ("held", "quiet_hours")
 
 
+def test_held_past_its_send_window_before_quiet_hours_end_will_not_be_sent():
+    # Due 2026-10-30 14:02 with a 24h window: stale after 2026-10-31 14:02, and in Tokyo
+    # (UTC+9) quiet hours that began at 21:00 end at 08:00, i.e. 23:00 UTC.
+    tokyo = ContactRow("c1", "anna@example.com", "subscribed", "Asia/Tokyo")
+    held = decision("held", "quiet_hours")
+    explanation = explain_one(
+        held, of=automation(send_window=timedelta(hours=24)), contact=tokyo, built_as_of=datetime(2026, 10, 31, 13, 0),
+        quiet_end=time(8, 0),
+    )
+    assert explanation.sentence.endswith(
+        "held since 2026-10-31 02:00 UTC for quiet hours; it goes stale after 2026-10-31 14:02 UTC, before quiet "
+        "hours end at 2026-10-31 23:00 UTC: a tick will skip it as stale, it will not be sent"
+    )
+
+
 def test_held_without_a_known_policy_still_says_it_is_retried():
     explanation = explain_one(decision("held", "quiet_hours"))
     assert "the next tick outside the contact's quiet hours retries it" in explanation.sentence
