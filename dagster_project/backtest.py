@@ -237,6 +237,8 @@ def run_backtest(
 
     out_dir = (out_dir or default_out_dir(settings, automation, start, end)).resolve()
     scratch = out_dir / settings.warehouse.name  # the file's name is its DuckDB catalog: keep it
+    if scratch == settings.warehouse:
+        raise BacktestError(f"--out {out_dir} holds the warehouse itself; the replay needs a folder of its own")
     copy_warehouse(settings.warehouse, scratch, settings.lock_timeout_seconds)
     with connect(scratch) as con:
         undone = rewind(con, start, manifest)

@@ -205,6 +205,12 @@ def test_bad_arguments_stop_before_anything_is_copied(envs, tmp_path):
     not_a_time = runner.invoke(app, ["backtest", AUTOMATION, "--from", "yesterday", "--to", iso(TICKS[0])])
     assert not_a_time.exit_code == 2 and "ISO 8601" in not_a_time.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    before = ledger(replay.settings.warehouse)
+    onto_itself = runner.invoke(
+        app, ["backtest", AUTOMATION, "--from", iso(TICKS[0]), "--to", iso(TICKS[0]), "--out", str(replay.root)]
+    )
+    assert onto_itself.exit_code == 1 and "holds the warehouse itself" in onto_itself.output
+    assert ledger(replay.settings.warehouse) == before
 
 
 def test_tick_times_include_both_ends():
