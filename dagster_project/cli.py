@@ -201,5 +201,100 @@ def sample_data(
     console.print(f"{summary.contacts} contacts and {summary.events} events written to {target}")
 
 
+@app.command()
+def backtest(
+    automation: Annotated[str, typer.Argument(help="The automation the report is about, e.g. cart_abandoned.")],
+    start: Annotated[str, typer.Option("--from", help="The first tick to replay, ISO 8601 (UTC if no offset).")],
+    end: Annotated[str, typer.Option("--to", help="The last tick to replay, inclusive.")],
+    every: Annotated[str, typer.Option(help="Time between replayed ticks: 1h (the schedule's), 6h, 1d ...")] = "1h",
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output folder; default data/backtests/<automation>_<from>_<to>/.")
+    ] = None,
+    keep_warehouse: Annotated[
+        bool, typer.Option(help="Keep the replay's warehouse in the output folder (for `nudge explain --warehouse`).")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Replay past ticks on a copy of the warehouse, sending nothing: who would have got AUTOMATION, and why not the others."""
+    from dagster_project.backtest import BacktestError, run_backtest
+    from dagster_project.durations import parse_duration
+
+    first, last = _given_as_of(start, "--from"), _given_as_of(end, "--to")
+    try:
+        interval = parse_duration(every)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--every") from None
+
+    def progress(index: int, count: int, tick, decided) -> None:  # noqa: ANN001 (TickResult, rows)
+        would = sum(1 for row in decided if row["status"] == "sent")
+        console.print(
+            f"tick {index + 1}/{count} as of {format_as_of(tick.as_of)} UTC: {automation} would send {would}, "
+            f"{len(decided) - would} other decisions ({tick.seconds:.1f} s)",
+            markup=False,
+            highlight=False,
+        )
+        for failure in tick.failures:
+            console.print(Text.assemble(("FAILED ", "red"), failure))
+
+    settings = _settings()
+    console.print(
+        f"Replaying the ticks from {format_as_of(first)} to {format_as_of(last)} UTC every {every} on a copy of "
+        f"{settings.warehouse} (taken when no tick is writing it); nothing is sent.",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        result = run_backtest(
+            settings, automation, first, last, interval, out_dir=out, keep_warehouse=keep_warehouse,
+            log_level="DEBUG" if verbose else "ERROR", quiet=not verbose, on_tick=progress,
+        )
+    except BacktestError as error:
+        console.print(str(error), style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    console.print(result.report, markup=False, highlight=False, soft_wrap=True)
+    for kind, path in result.files.items():
+        console.print(f"{kind}: {path}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if result.success else 1)
+
+
+def _given_as_of(text: str, option: str) -> datetime:
+    try:
+        return parse_as_of(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from None
+
+
+@app.command()
+def explain(
+    contact: Annotated[str, typer.Argument(help="The contact id.")],
+    automation: Annotated[Optional[str], typer.Argument(help="One automation (default: every one).")] = None,
+    as_of: Annotated[
+        Optional[str], typer.Option("--as-of", help="Only qualifications and decisions at or before this instant.")
+    ] = None,
+    warehouse: Annotated[
+        Optional[Path], typer.Option(help="Another warehouse file, e.g. a backtest's kept copy.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Why a contact did or did not get each automation's email, from the trigger tables and the ledger."""
+    from dagster_project.explain import explain_contact
+
+    settings = _settings()
+    if warehouse is not None:
+        settings = settings.model_copy(update={"warehouse": warehouse.resolve()})
+    try:
+        found = explain_contact(settings, contact, automation, _given_as_of(as_of, "--as-of") if as_of else None)
+    except LookupError as error:
+        console.print(str(error), style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(found.to_json(), indent=2))
+        return
+    console.print(found.headline, markup=False, highlight=False, soft_wrap=True)
+    for explanation in found.explanations:
+        console.print(explanation.sentence, markup=False, highlight=False, soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()

@@ -4,6 +4,7 @@ file://data/outbox                               one .eml per message (relative 
 file:///var/mail/nudge                           the same, absolute
 smtp://user:pass@host:587?starttls=true          SMTP, optionally upgraded with STARTTLS
 smtps://user:pass@host:465                       SMTP over implicit TLS
+null://                                          accepts every message, delivers none (backtests)
 Options: starttls=true|false (smtp only), timeout=SECONDS (default 30).
 """
 
@@ -14,6 +15,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend
 from .file import FileBackend
+from .null import NullBackend
 from .smtp import SmtpBackend
 
 __all__ = [
@@ -22,13 +24,14 @@ __all__ = [
     "DeliveryUncertain",
     "EmailBackend",
     "FileBackend",
+    "NullBackend",
     "SmtpBackend",
     "SUPPORTED_SCHEMES",
     "backend_from_url",
     "redact_url",
 ]
 
-SUPPORTED_SCHEMES = ("file", "smtp", "smtps")
+SUPPORTED_SCHEMES = ("file", "smtp", "smtps", "null")
 _DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -63,6 +66,10 @@ def backend_from_url(url: str) -> EmailBackend:
         )
     if scheme == "file":
         return FileBackend(_file_path(url, shown))
+    if scheme == "null":
+        if url[len("null:") :] not in ("", "//"):
+            raise ValueError(f"email URL {shown!r}: null:// takes no location or options")
+        return NullBackend()
     return _smtp_backend(url, scheme, shown)
 
 
