@@ -90,12 +90,13 @@ def dbt_environment(as_of: datetime, warehouse: Path | str) -> dict[str, str]:
     return {"NUDGE_AS_OF": format_as_of(as_of), "NUDGE_WAREHOUSE": str(warehouse)}
 
 
-def tick_target_path(selection: str, warehouse: Path | str) -> Path:
-    """One dbt target folder per selection and warehouse, reused every tick: dbt keeps its
-    partial-parse state there (valid only for the warehouse it parsed with), and the folders
-    do not pile up one per run."""
+def tick_target_path(warehouse: Path | str) -> Path:
+    """One dbt target folder per warehouse, reused by both dbt steps of every tick: dbt keeps
+    its partial-parse state there (valid only for the warehouse it parsed with), so only the
+    first build after a change parses, and the folders do not pile up one per run. The steps
+    never run at once: each holds the warehouse lock while dbt runs."""
     digest = hashlib.sha1(str(warehouse).encode()).hexdigest()[:8]
-    return Path("target") / f"tick_{selection}_{digest}"
+    return Path("target") / f"tick_{digest}"
 
 
 @contextmanager
@@ -126,7 +127,7 @@ def _build(
                 DBT_BUILD_ARGS,
                 context=context,
                 raise_on_error=False,
-                target_path=tick_target_path(context.op_def.name, warehouse.path),
+                target_path=tick_target_path(warehouse.path),
             )
             yield from invocation.stream()
         outcomes = model_outcomes(_run_results(invocation), manifest)
