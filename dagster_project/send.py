@@ -77,19 +77,23 @@ def _candidates_sql(automation: Automation, contacts_relation: str, events_relat
     counted = ", ".join(f"'{status}'" for status in CAPPED_STATUSES)
     if automation.exit_events:
         # The first exit event after qualifying, by this tick. Imported history never exits anyone.
-        exit_columns = f"""
-            (select min(e.occurred_at) from {events_relation} as e
-             where e.contact_id = t.contact_id and list_contains($exit_events, e.event_name)
-               and e.occurred_at > t.qualified_at and e.occurred_at <= $as_of and not e.is_syncing) as exited_at,
-            (select arg_min(e.event_name, e.occurred_at) from {events_relation} as e
-             where e.contact_id = t.contact_id and list_contains($exit_events, e.event_name)
-               and e.occurred_at > t.qualified_at and e.occurred_at <= $as_of and not e.is_syncing) as exit_event,"""
+        exits = f"""
+        exits as (
+            select t.trigger_key, min(e.occurred_at) as exited_at, arg_min(e.event_name, e.occurred_at) as exit_event
+            from {automation.relation} as t
+            join {events_relation} as e
+              on e.contact_id = t.contact_id
+             and e.occurred_at > t.qualified_at and e.occurred_at <= $as_of
+            where t.due_at <= $as_of and list_contains($exit_events, e.event_name) and not e.is_syncing
+            group by t.trigger_key
+        )"""
     else:
-        exit_columns = "null::timestamp as exited_at, null::varchar as exit_event,"
+        exits = "exits as (select null::varchar as trigger_key, null::timestamp as exited_at, null::varchar as exit_event)"
     # Retry only temporary failures and quiet-hours holds; re-deliver leftover claims only where
     # the backend dedupes.
     return f"""
-        with history as (
+        with {exits},
+        history as (
             select contact_id, max(coalesce(sent_at, decided_at)) as last_entered_at
             from {LEDGER_TABLE}
             where automation = $automation and status in ({entered})
@@ -114,13 +118,14 @@ def _candidates_sql(automation: Automation, contacts_relation: str, events_relat
             h.last_entered_at,
             m.status as ledger_status,
             coalesce(m.attempts, 0) as attempts,
-            {exit_columns}
+            x.exited_at, x.exit_event,
             coalesce(k.last_day, 0) as marketing_last_day,
             coalesce(k.last_week, 0) as marketing_last_week
         from {automation.relation} as t
         left join {contacts_relation} as c on c.contact_id = t.contact_id
         left join history as h on h.contact_id = t.contact_id
         left join marketing as k on k.contact_id = t.contact_id
+        left join exits as x on x.trigger_key = t.trigger_key
         left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
         where t.due_at <= $as_of
           and (
