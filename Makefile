@@ -33,7 +33,7 @@ run: prepare
 	$(BIN)/nudge run
 
 test: prepare
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 dev: prepare
 	$(BIN)/dagster dev -w workspace.yaml

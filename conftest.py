@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+
 import pytest
 
 from dagster_project.settings import PROJECT_ROOT
@@ -9,7 +11,29 @@ from dagster_project.settings import PROJECT_ROOT
 
 @pytest.fixture(scope="session")
 def dbt_manifest():
-    """The dbt manifest, prepared once per session the way `make prepare` does it."""
+    """The dbt manifest, prepared once per session the way `make prepare` does it.
+
+    Under pytest-xdist every worker runs this fixture: an OS lock keeps two `dbt parse`
+    from writing the project's target folder at once."""
     from dagster_project.dbt_assets import prepare_manifest
 
-    return prepare_manifest(PROJECT_ROOT / "dbt_project")
+    project_dir = PROJECT_ROOT / "dbt_project"
+    manifest = project_dir / "target" / "manifest.json"
+    manifest.parent.mkdir(exist_ok=True)
+    with open(manifest.parent / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            # Parse only when a source is newer (as `make prepare` decides): rewriting the manifest
+            # while another worker's tick reads it could hand that tick half a file.
+            if not manifest.exists() or manifest.stat().st_mtime < _newest_source(project_dir):
+                prepare_manifest(project_dir)
+            return manifest
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _newest_source(project_dir) -> float:
+    sources = [project_dir / "dbt_project.yml", project_dir / "profiles.yml"]
+    for folder in ("models", "macros", "tests", "seeds"):
+        sources += [path for path in (project_dir / folder).rglob("*") if path.is_file()]
+    return max(path.stat().st_mtime for path in sources)

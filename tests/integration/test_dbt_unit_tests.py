@@ -13,12 +13,14 @@ from dagster_project.ledger import ensure_ledger
 from dagster_project.settings import PROJECT_ROOT
 
 
-def dbt(*args: str):
-    project = str(PROJECT_ROOT / "dbt_project")
-    return dbtRunner().invoke([*args, "--project-dir", project, "--profiles-dir", project])
-
-
 def test_every_dbt_unit_test_passes(tmp_path, monkeypatch, dbt_manifest):
+    project = str(PROJECT_ROOT / "dbt_project")
+
+    def dbt(*args: str):
+        # Its own target folder: the project's target/manifest.json is read by tests running beside it.
+        return dbtRunner().invoke([*args, "--project-dir", project, "--profiles-dir", project,
+                                   "--target-path", str(tmp_path / "target")])
+
     warehouse = tmp_path / "warehouse.duckdb"
     con = duckdb.connect(str(warehouse))
     ensure_raw_tables(con)
