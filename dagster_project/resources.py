@@ -12,7 +12,7 @@ from dagster_project.send import SendConfig
 
 
 class EmailBackendResource(dg.ConfigurableResource):
-    """Where messages go, chosen by URL (file://, smtp://, smtps://)."""
+    """Where messages go, chosen by URL (file://, smtp://, smtps://, null://)."""
 
     url: str
 
