@@ -1,31 +1,11 @@
 with
 
-events as (
-
-    select * from {{ ref('int_events') }}
-
-),
-
 first_moments as (
 
-    select
-        contact_id,
-        event_id,
-        event_name,
-        occurred_at,
-        properties,
-        is_syncing,
-        -- the first of signing up and installing the app (an install before signup is
-        -- stitched to the contact by int_events) starts the 24 hours
-        row_number() over (
-            partition by contact_id
-            order by occurred_at, event_id
-        ) as moment_number
-
-    from events
-    -- imported history counts here: a contact whose first moment is history is not new,
-    -- and a later live signup or install does not make them new again
-    where event_name in ('signed_up', 'app_installed')
+    -- the first of signing up and installing the app (an install before signup is stitched to
+    -- the contact by int_events) starts the 24 hours. Imported history counts here: a contact
+    -- whose first moment is history is not new, and a later live signup does not make them new
+    {{ nudge_first_occurrence(['signed_up', 'app_installed']) }}
 
 ),
 
@@ -44,8 +24,7 @@ qualifications as (
             || '}' as context
 
     from first_moments
-    where moment_number = 1
-        and not is_syncing
+    where not is_syncing
 
 ),
 
