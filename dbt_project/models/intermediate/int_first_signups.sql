@@ -1,29 +1,10 @@
 with
 
-events as (
+first_signups as (
 
-    select * from {{ ref('int_events') }}
-
-),
-
-signups as (
-
-    select
-        contact_id,
-        event_id,
-        occurred_at,
-        properties,
-        is_syncing,
-        row_number() over (
-            partition by contact_id
-            order by occurred_at, event_id
-        ) as signup_number
-
-    from events
-    where event_name = 'signed_up'
-        -- syncing history counts here: a contact whose first signup is history has
-        -- already been welcomed elsewhere, whatever they do later
-        and occurred_at <= {{ nudge_as_of() }}
+    -- syncing history counts here: a contact whose first signup is history has already been
+    -- welcomed elsewhere, whatever they do later
+    {{ nudge_first_occurrence('signed_up') }}
 
 ),
 
@@ -36,8 +17,7 @@ final as (
         properties,
         is_syncing
 
-    from signups
-    where signup_number = 1
+    from first_signups
 
 )
 
