@@ -15,6 +15,7 @@ from datetime import datetime
 import dagster as dg
 import duckdb
 
+from dagster_project.asset_metadata import query_preview
 from dagster_project.automations import Automation, Policy
 from dagster_project.backends.base import BackendUnavailable, EmailBackend
 from dagster_project.builds import NotBuiltError, require_built
@@ -212,10 +213,18 @@ def _send_one(
         f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "
         f"{report.skipped_total} skipped, {report.held_out} held out, {report.held} held, {report.failed} failed"
     )
-    return dg.MaterializeResult(
-        asset_key=target.key,
-        metadata=_metadata(report, backend_description, time.perf_counter() - started),
+    metadata = _metadata(report, backend_description, time.perf_counter() - started)
+    metadata["decisions"] = query_preview(
+        con,
+        f"""
+        select trigger_key, contact_id, status, reason, error, subject
+        from {LEDGER_TABLE}
+        where automation = $automation and (decided_at = $as_of or sent_at = $as_of)
+        order by status = 'sent' desc, status, trigger_key
+        """,
+        {"automation": automation.name, "as_of": as_of},
     )
+    return dg.MaterializeResult(asset_key=target.key, metadata=metadata)
 
 
 def _ledger_results(con: duckdb.DuckDBPyConnection) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
@@ -233,6 +242,7 @@ def _ledger_results(con: duckdb.DuckDBPyConnection) -> Iterator[dg.MaterializeRe
         asset_key=LEDGER_KEY,
         metadata={
             "rows": sum(by_status.values()),
+            "dagster/row_count": sum(by_status.values()),
             **{f"status_{status}": n for status, n in sorted(by_status.items())},
             "by_automation": dg.MetadataValue.md(table),
         },
