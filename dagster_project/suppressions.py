@@ -171,7 +171,12 @@ def try_move_to_warehouse(journal: UnsubscribeJournal, warehouse: Path) -> int |
         with writer_lock(warehouse, timeout_seconds=0):
             con = duckdb.connect(str(warehouse))
             try:
-                return move_to_warehouse(journal, con)
+                # Again until nothing is new: entries recorded while we moved would otherwise wait
+                # for the next move (their own request found the lock taken by us).
+                total = 0
+                while moved := move_to_warehouse(journal, con):
+                    total += moved
+                return total
             finally:
                 con.close()
     except (WarehouseBusyError, duckdb.IOException):
