@@ -159,10 +159,10 @@ def rewind(con: duckdb.DuckDBPyConnection, start: datetime, manifest: dict[str, 
     """Put the copy back to how it stood when the tick at `start` began, as far as it can be known."""
     ensure_ledger(con)
     # DuckDB answers a delete with the number of rows it removed.
-    (decided_later,) = con.execute(f"delete from {LEDGER_TABLE} where decided_at >= ?", [start]).fetchone()
+    (decided_later,) = con.execute(f"delete from {LEDGER_TABLE} where decided_at >= ?", [start]).fetchall()[0]
     # Decided earlier, but went out only at or after `start`: at `start` it was still held or
     # waiting for a retry. The replay decides it again, with the same policies.
-    (sent_later,) = con.execute(f"delete from {LEDGER_TABLE} where sent_at >= ?", [start]).fetchone()
+    (sent_later,) = con.execute(f"delete from {LEDGER_TABLE} where sent_at >= ?", [start]).fetchall()[0]
 
     rewound, rebuilt = [], []
     for node in incremental_models(manifest):

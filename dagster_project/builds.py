@@ -69,9 +69,11 @@ def record_builds(
 def require_built(con: duckdb.DuckDBPyConnection, unique_id: str, as_of: datetime) -> None:
     """Raise unless `unique_id` was built successfully, with no failing test, for this `as_of`."""
     con.execute(DDL)
-    row = con.execute(
+    # fetchall, not fetchone: DuckDB keeps a half-read result open and refuses the next query.
+    rows = con.execute(
         f"select as_of, status, failed_tests from {BUILDS_TABLE} where unique_id = ?", [unique_id]
-    ).fetchone()
+    ).fetchall()
+    row = rows[0] if rows else None
     if row is None:
         raise NotBuiltError(f"{unique_id} has never been built by a tick; nothing sent")
     built_as_of, status, failed_tests = row
