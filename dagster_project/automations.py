@@ -18,10 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dagster_project.durations import parse_duration
+from dagster_project.messages import sender_domain
 
 TRIGGER_PREFIX = "trg_"
 # Names reach SQL literals, file paths and asset keys: keep them boring.
 SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Schemas and tables from the manifest are spliced into SQL (quoted): nothing that could close a quote.
+SAFE_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class AutomationConfigError(ValueError):
@@ -32,6 +35,14 @@ class _Conversion(BaseModel):
     model_config = ConfigDict(extra="forbid")
     event: str
     window: str = "72h"
+
+    @field_validator("event")
+    @classmethod
+    def _is_event_name(cls, value: str) -> str:
+        # Reporting models put it in SQL.
+        if not SAFE_NAME.match(value):
+            raise ValueError(f"conversion event {value!r} must be lowercase letters, digits and _")
+        return value
 
 
 class _NudgeMeta(BaseModel):
@@ -52,6 +63,14 @@ class _NudgeMeta(BaseModel):
     start_at: datetime | None = None
     # None: marketing mail waits out quiet hours, transactional mail does not.
     quiet_hours: bool | None = None
+
+    @field_validator("sender")
+    @classmethod
+    def _is_one_address(cls, value: str | None) -> str | None:
+        # It becomes the From header and the Message-ID's domain: refuse it here, not at every message.
+        if value is not None:
+            sender_domain(value)
+        return value
 
     @field_validator("start_at")
     @classmethod
@@ -236,8 +255,19 @@ def automations_from_manifest(
 
 def relation_of(node: dict[str, Any]) -> str:
     """Schema and table without the database: DuckDB names the database after the
-    file, which differs between the manifest's parse and a test's warehouse."""
-    return f'"{node["schema"]}"."{node.get("alias") or node["name"]}"'
+    file, which differs between the manifest's parse and a test's warehouse.
+
+    The result is spliced into SQL, so both parts must be plain identifiers (a custom
+    schema or alias could otherwise close the quote and add SQL of its own)."""
+    schema, table = node.get("schema"), node.get("alias") or node.get("name")
+    for part, value in (("schema", schema), ("alias", table)):
+        if not isinstance(value, str) or not SAFE_IDENTIFIER.match(value):
+            where = node.get("original_file_path") or node.get("unique_id") or "a dbt model"
+            raise AutomationConfigError(
+                f"{where}: {part} {value!r} must be letters, digits and _ (starting with a letter or _) "
+                "to be used in SQL"
+            )
+    return f'"{schema}"."{table}"'
 
 
 def find_node(manifest: dict[str, Any], model_name: str) -> dict[str, Any]:

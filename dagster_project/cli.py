@@ -215,7 +215,10 @@ def preview(
     except LookupError as error:
         console.print(str(error), style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
-    path = out or settings.warehouse.parent / "previews" / f"{automation}-{rendered.contact_id}.html"
+    from dagster_project.backends.file import safe_filename
+
+    # The contact id is data: it names a file only through safe_filename, never as a path.
+    path = out or settings.warehouse.parent / "previews" / safe_filename(f"{automation}-{rendered.contact_id}.html")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(rendered.email.html)
     console.print(Text.assemble(("Subject: ", "bold"), rendered.email.subject))

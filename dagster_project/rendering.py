@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Mapping
+from html.parser import HTMLParser
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -21,6 +22,7 @@ from typing import Any
 import css_inline
 import jinja2
 from jinja2 import meta
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 CATEGORIES = ("marketing", "transactional")
@@ -96,6 +98,71 @@ def number(value: Any) -> int | Decimal:
     return int(parsed) if parsed == parsed.to_integral_value() else parsed
 
 
+# Links in the HTML part may only lead to the web, a mail or a phone call, or be relative.
+# javascript:, data:, vbscript:, file: ... are refused however they are spelled.
+SAFE_URL_SCHEMES = frozenset({"http", "https", "mailto", "tel"})
+# Every attribute a mail client or browser may follow, fetch or submit to.
+_URL_ATTRIBUTES = frozenset(
+    {
+        "href", "src", "action", "formaction", "xlink:href", "background", "poster", "cite", "data",
+        "longdesc", "lowsrc", "dynsrc", "ping", "manifest", "icon", "codebase", "usemap", "archive",
+        "profile", "srcset", "imagesrcset",
+    }
+)
+# What a browser's URL parser drops or ignores before it reads the scheme: leading and
+# trailing C0 controls and spaces, and tabs and newlines anywhere (WHATWG URL standard).
+# Any other whitespace or control character is dropped too, to err on the side of refusing.
+_IGNORED_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f\s\u200b-\u200d\u2060\ufeff]+")
+_META_REFRESH_URL = re.compile(r"url\s*=\s*['\"]?(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def unsafe_url(value: str) -> bool:
+    """True when a (HTML-unescaped) attribute value would lead anywhere but http(s), mailto, tel or
+    a relative URL. Whatever precedes the first ':' that comes before any '/', '?' or '#' is a
+    scheme to a browser (or nothing it can follow), so it must be one of the safe ones."""
+    compact = _IGNORED_IN_URL.sub("", value)
+    head = re.split(r"[/?#]", compact, maxsplit=1)[0]
+    if ":" not in head:
+        return False  # relative: a path, a query, a fragment or //host
+    return head.split(":", 1)[0].lower() not in SAFE_URL_SCHEMES
+
+
+class _UrlAudit(HTMLParser):
+    """Collects the URL-carrying attributes whose scheme is not safe (html.parser unescapes values)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.refused: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in _URL_ATTRIBUTES:
+                candidates = [part.strip().split(" ")[0] for part in value.split(",")] if name.endswith("srcset") else [value]
+                if any(unsafe_url(candidate) for candidate in candidates):
+                    self.refused.append(f"<{tag} {name}={value!r}>")
+            elif tag == "meta" and name == "content" and dict(attrs).get("http-equiv", "").lower() == "refresh":
+                target = _META_REFRESH_URL.search(value)
+                if target and unsafe_url(target.group(1).strip("'\" ")):
+                    self.refused.append(f"<meta http-equiv=refresh content={value!r}>")
+
+    handle_startendtag = handle_starttag
+
+
+def refuse_unsafe_urls(html: str) -> None:
+    """Raise ValueError naming the first link, image or form target whose scheme is not safe."""
+    audit = _UrlAudit()
+    audit.feed(html)
+    audit.close()
+    if audit.refused:
+        shown = audit.refused[0] if len(audit.refused[0]) <= 200 else audit.refused[0][:200] + "..."
+        raise ValueError(
+            f"the HTML links to a URL that is not http, https, mailto, tel or relative: {shown}"
+            + (f" (and {len(audit.refused) - 1} more)" if len(audit.refused) > 1 else "")
+        )
+
+
 class _DataFirstSandbox(ImmutableSandboxedEnvironment):
     """For the contact's data, a key beats a method of the same name.
 
@@ -110,8 +177,16 @@ class _DataFirstSandbox(ImmutableSandboxedEnvironment):
             try:
                 return obj[argument]
             except KeyError:
+                if not self.is_safe_attribute(obj, argument, None):
+                    # e.g. `map(attribute="__class__")`: refused like the attribute it names.
+                    return self.unsafe_undefined(obj, argument)
                 return self.undefined(obj=obj, name=argument)
         return super().getitem(obj, argument)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        # Jinja returns an Undefined that only fails when printed; `map(attribute=...)` and
+        # `groupby` would show it as "Undefined" instead. Refuse at the point of access.
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe.")
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping):
@@ -219,6 +294,7 @@ class EmailTemplate:
         if category == "marketing":
             for file in ("body.html", "body.txt"):
                 _require_marketing_footer(templates_dir, name, file, chains[file])
+        _refuse_unsafe_urls_in_the_template(templates_dir, name)
         return template
 
     def render(self, variables: Mapping[str, Any]) -> RenderedEmail:
@@ -241,6 +317,13 @@ class EmailTemplate:
             html = _CSS_INLINER.inline(html)
         except Exception as error:  # css_inline raises its own error types
             raise RenderError(f"template {self.name!r}: inlining CSS failed: {error}") from error
+        # After inlining: what is checked is exactly what the recipient's client gets. Autoescaping
+        # keeps data inside its attribute, but `href="{{ context.url }}"` would still follow a
+        # javascript: URL from the data; refusing it here protects every template that writes one.
+        try:
+            refuse_unsafe_urls(html)
+        except ValueError as error:
+            raise RenderError(f"template {self.name!r} (body.html): {error}") from None
         return RenderedEmail(subject=subject, html=html, text=text)
 
     def _render(self, template: jinja2.Template, values: dict[str, Any]) -> str:
@@ -292,6 +375,20 @@ def _compile_chain(env: jinja2.Environment, name: str, root: str) -> list[tuple[
         chain.append((current, tree))
         pending.extend(ref for ref in meta.find_referenced_templates(tree) if ref is not None)
     return chain
+
+
+def _refuse_unsafe_urls_in_the_template(templates_dir: Path, name: str) -> None:
+    """A javascript: link written into the template itself is the author's mistake: stop at load
+    rather than skip every contact. (Links built from data are checked for each message.)"""
+    lenient = _environment(templates_dir, jinja2.ChainableUndefined)
+    try:
+        output = lenient.get_template(f"{name}/body.html").render(_sample_variables(name))
+    except Exception:
+        return  # the sample cannot render; each real message is still checked
+    try:
+        refuse_unsafe_urls(output)
+    except ValueError as error:
+        raise TemplateError(f"template {name!r}: {name}/body.html (with its layout): {error}") from None
 
 
 def _require_marketing_footer(

@@ -19,6 +19,11 @@ class EmailBackendResource(dg.ConfigurableResource):
     def open(self) -> EmailBackend:
         return backend_from_url(self.url)
 
+    def __repr_args__(self):  # noqa: ANN204 - pydantic's hook behind repr() and str()
+        # A resource ends up in tracebacks and debug output: never with the password in its URL.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" and isinstance(value, str) else value
+
     @property
     def description(self) -> str:
         return redact_url(self.url)
@@ -33,6 +38,10 @@ class SendSettings(dg.ConfigurableResource):
     unsubscribe_secret: str
     batch_size: int = 100
     unsubscribe_journal: str | None = None
+
+    def __repr_args__(self):  # noqa: ANN204 - pydantic's hook behind repr() and str()
+        for name, value in super().__repr_args__():
+            yield name, "***" if name == "unsubscribe_secret" and isinstance(value, str) else value
 
     def config(self) -> SendConfig:
         return SendConfig(

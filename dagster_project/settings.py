@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,15 @@ class NudgeSettings(BaseSettings):
     send_batch_size: int = Field(default=100, ge=1)
     # How long a tick waits for another writer of the warehouse before giving up.
     lock_timeout_seconds: float = Field(default=1800, gt=0)
+
+    @field_validator("sender")
+    @classmethod
+    def _is_one_address(cls, value: str) -> str:
+        # The From header of every message and the domain of its Message-ID: refuse it at start-up.
+        from dagster_project.messages import sender_domain
+
+        sender_domain(value)
+        return value
 
     def resolved(self) -> "NudgeSettings":
         """A copy whose paths are absolute (and the file:// outbox too)."""

@@ -11,7 +11,7 @@ Options: starttls=true|false (smtp only), timeout=SECONDS (default 30).
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend
 from .file import FileBackend
@@ -38,20 +38,22 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable email URL>"
+    """The URL with its password replaced by ***, safe for logs and error messages.
+
+    Read the way a person wrote it, not the way a URL parser reads it: a password with an
+    unencoded '#', '/' or '?' ends the parser's netloc early, so the parser finds no password
+    and would show it whole. Everything between the first ':' after '://' and the last '@' is
+    the password here (at worst a harmless part of a query is hidden too)."""
     if "://" not in url:
         # Not a URL at all: it may well be a secret pasted into the wrong variable.
-        return f"{parts.scheme}:***" if parts.scheme else "***"
-    if password is None:
+        scheme = url.split(":", 1)[0] if ":" in url else ""
+        return f"{scheme}:***" if scheme and scheme.isalnum() else "***"
+    scheme, _, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+    return f"{scheme}://{user}:***@{hostpart}"
 
 
 def backend_from_url(url: str) -> EmailBackend:
