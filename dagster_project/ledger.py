@@ -23,7 +23,7 @@ MAX_ATTEMPTS = 3
 class Status(StrEnum):
     PENDING = "pending"  # claimed, not yet handed over (or the process died before we knew)
     SENT = "sent"
-    FAILED = "failed"  # reason "temporary" is retried on later ticks, "rejected" is final
+    FAILED = "failed"  # reason "temporary" is retried on later ticks; "rejected", "attempts_exhausted" are final
     SKIPPED = "skipped"
     HELD_OUT = "held_out"  # the control group: decided, recorded, never sent
     UNKNOWN = "unknown"  # a crash left it unclear whether the backend took it; never resent blindly
@@ -39,6 +39,7 @@ class Reason(StrEnum):
     TEMPLATE_ERROR = "template_error"
     TEMPORARY = "temporary"
     REJECTED = "rejected"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # temporarily refused on MAX_ATTEMPTS ticks: given up, never retried
     INTERRUPTED = "interrupted"
     EXITED = "exited"  # the contact did what the automation waits for (an exit event) before it went
     CAPPED = "capped"  # the marketing frequency cap was reached by messages that matter more
@@ -143,7 +144,12 @@ def record(con: duckdb.DuckDBPyConnection, entries: Sequence[Entry], *, as_of: d
 
 
 def mark(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome], *, as_of: datetime, now: datetime) -> None:
-    """Record what the backend said about claimed messages; every answer is an attempt."""
+    """Record what the backend said about claimed messages; every answer is an attempt.
+
+    A temporary failure on the MAX_ATTEMPTS-th attempt is the last one: the row says so
+    (`attempts_exhausted`, the server's words kept in `error`) rather than waiting as
+    `temporary` for a retry that will never come.
+    """
     if not outcomes:
         return
     outcome = _frame(outcomes)  # noqa: F841
@@ -151,7 +157,11 @@ def mark(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome], *, as_of: 
         f"""
         update {LEDGER_TABLE} as m set
             status = o.status,
-            reason = o.reason,
+            reason = case
+                when o.status = '{Status.FAILED}' and o.reason = '{Reason.TEMPORARY}'
+                     and m.attempts + 1 >= {MAX_ATTEMPTS} then '{Reason.ATTEMPTS_EXHAUSTED}'
+                else o.reason
+            end,
             error = o.error,
             attempts = m.attempts + 1,
             sent_at = case when o.status = 'sent' then $as_of else m.sent_at end,

@@ -1,8 +1,10 @@
 """A real SMTP server on 127.0.0.1 for tests: aiosmtpd, collecting what it receives.
 
 Behaviours a test can switch on while it runs: refuse a recipient with 550,
-answer 451 (try later) to a recipient, drop the connection after N messages,
-stall before answering DATA; and require AUTH (set at construction).
+answer 451 (try later) to a recipient always or its next N times, drop the
+connection after N messages, stall before answering DATA; and require AUTH (set
+at construction). Every RCPT answer and every message is stamped with
+time.monotonic(), so a test measures pacing and backoff where the server saw them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import email
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -36,6 +39,8 @@ class ReceivedMessage:
     # The client's (host, port): one value per TCP connection.
     peer: tuple[str, int]
     login: str | None
+    # time.monotonic() when the server took the message.
+    received_at: float = 0.0
 
     def parsed(self) -> EmailMessage:
         return email.message_from_bytes(self.data, policy=policy.default)
@@ -46,12 +51,10 @@ class _Handler:
         self.sink = sink
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address in self.sink.reject:
-            return "550 5.1.1 <%s>: mailbox unavailable" % address
-        if address in self.sink.defer:
-            return "451 4.3.0 <%s>: try again later" % address
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+        reply = self.sink._rcpt_reply(address)
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return reply
 
     async def handle_DATA(self, server, session, envelope):
         with self.sink._lock:
@@ -70,6 +73,7 @@ class _Handler:
             message_id=str(parsed["Message-ID"]) if parsed["Message-ID"] else None,
             peer=tuple(session.peer[:2]),
             login=login,
+            received_at=time.monotonic(),
         )
         count_on_connection = self.sink._record(received)
         drop_after = self.sink.drop_connection_after
@@ -86,6 +90,8 @@ class SmtpSink:
     port: int = field(default_factory=free_port)
     reject: set[str] = field(default_factory=set)
     defer: set[str] = field(default_factory=set)
+    # address -> how many more times to answer 451 before accepting it.
+    defer_times: dict[str, int] = field(default_factory=dict)
     drop_connection_after: int | None = None
     # Wait this long before answering DATA (and then accept anyway), like a hung server.
     stall_seconds: float = 0
@@ -97,6 +103,8 @@ class SmtpSink:
         self._controller: Controller | None = None
         # Every message body the server was handed, accepted or not.
         self.data_attempts = 0
+        # (address, reply code, time.monotonic()) for every RCPT TO.
+        self._rcpts: list[tuple[str, int, float]] = []
 
     @property
     def url(self) -> str:
@@ -108,6 +116,24 @@ class SmtpSink:
     def messages(self) -> list[ReceivedMessage]:
         with self._lock:
             return list(self._messages)
+
+    def rcpt_answers(self, address: str) -> list[tuple[int, float]]:
+        """(reply code, monotonic time) of every RCPT TO for this address, in order."""
+        with self._lock:
+            return [(code, at) for rcpt, code, at in self._rcpts if rcpt == address]
+
+    def _rcpt_reply(self, address: str) -> str:
+        with self._lock:
+            if address in self.reject:
+                reply = "550 5.1.1 <%s>: mailbox unavailable" % address
+            elif address in self.defer or self.defer_times.get(address, 0) > 0:
+                if address in self.defer_times:
+                    self.defer_times[address] -= 1
+                reply = "451 4.3.0 <%s>: try again later" % address
+            else:
+                reply = "250 OK"
+            self._rcpts.append((address, int(reply[:3]), time.monotonic()))
+            return reply
 
     def by_recipient(self, address: str) -> list[ReceivedMessage]:
         return [message for message in self.messages if address in message.rcpt_tos]

@@ -4,18 +4,34 @@ file://data/outbox                               one .eml per message (relative 
 file:///var/mail/nudge                           the same, absolute
 smtp://user:pass@host:587?starttls=true          SMTP, optionally upgraded with STARTTLS
 smtps://user:pass@host:465                       SMTP over implicit TLS
+resend://API_KEY@api.resend.com                  Resend's HTTP API (POST /emails), with an Idempotency-Key
+resend://API_KEY@127.0.0.1:8025?tls=false        the same protocol over plain HTTP (a local stand-in)
 null://                                          accepts every message, delivers none (backtests)
-Options: starttls=true|false (smtp only), timeout=SECONDS (default 30).
+
+Options of smtp, smtps and resend:
+  timeout=SECONDS      wait this long for an answer (default 30)
+  retries=N            further tries of a message within the tick after a 4xx (SMTP) or a
+                       429/5xx/lost answer (resend), default 2; later ticks retry up to the ledger's MAX_ATTEMPTS
+  backoff=SECONDS      wait before the first retry, doubled for each next one (default 1);
+                       an HTTP Retry-After wins
+  rate=PER_SECOND      at most this many messages a second, evenly spaced, over all connections (default: no limit)
+  connections=N        never more than N connections open at once (default 1)
+  starttls=true|false  (smtp only) upgrade the connection with STARTTLS
+  tls=true|false       (resend only) https (default) or plain http
+The password of an smtp URL and the API key of a resend URL are secrets: redact_url hides them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from .base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend
 from .file import FileBackend
+from .http import ResendBackend
 from .null import NullBackend
+from .pacing import OPTIONS as _PACING_OPTIONS
+from .pacing import pacing_from_options
 from .smtp import SmtpBackend
 
 __all__ = [
@@ -25,20 +41,23 @@ __all__ = [
     "EmailBackend",
     "FileBackend",
     "NullBackend",
+    "ResendBackend",
     "SmtpBackend",
     "SUPPORTED_SCHEMES",
     "backend_from_url",
     "redact_url",
 ]
 
-SUPPORTED_SCHEMES = ("file", "smtp", "smtps", "null")
+SUPPORTED_SCHEMES = ("file", "smtp", "smtps", "resend", "null")
 _DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
+# Schemes whose whole user part is a secret (an API key), not user:password.
+_KEY_IN_USER = ("resend",)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe for logs and error messages.
+    """The URL with its password (or API key) replaced by ***, safe for logs and error messages.
 
     Read the way a person wrote it, not the way a URL parser reads it: a password with an
     unencoded '#', '/' or '?' ends the parser's netloc early, so the parser finds no password
@@ -50,6 +69,9 @@ def redact_url(url: str) -> str:
         return f"{scheme}:***" if scheme and scheme.isalnum() else "***"
     scheme, _, rest = url.partition("://")
     userinfo, at, hostpart = rest.rpartition("@")
+    if at and scheme.lower() in _KEY_IN_USER:
+        # The API key is the whole user part.
+        return f"{scheme}://***@{hostpart}"
     if not at or ":" not in userinfo:
         return url
     user = userinfo.split(":", 1)[0]
@@ -72,6 +94,8 @@ def backend_from_url(url: str) -> EmailBackend:
         if url[len("null:") :] not in ("", "//"):
             raise ValueError(f"email URL {shown!r}: null:// takes no location or options")
         return NullBackend()
+    if scheme == "resend":
+        return _resend_backend(url, shown)
     return _smtp_backend(url, scheme, shown)
 
 
@@ -87,35 +111,67 @@ def _file_path(url: str, shown: str) -> Path:
     return Path(location).resolve()
 
 
-def _smtp_backend(url: str, scheme: str, shown: str) -> SmtpBackend:
+def _network_url(
+    url: str, shown: str, default_port: int, example: str, own_options: tuple[str, ...]
+) -> tuple[SplitResult, int, dict[str, str], float]:
+    """Host, port and the options every network backend shares, validated; ValueErrors show `shown` only."""
     parts = urlsplit(url)
     try:
-        port = parts.port or _DEFAULT_PORTS[scheme]
+        port = parts.port or default_port
     except ValueError:
         raise ValueError(f"email URL {shown!r} has an invalid port") from None
     if not parts.hostname:
-        raise ValueError(f"email URL {shown!r} names no host, e.g. smtp://user:pass@smtp.example.com:587")
+        raise ValueError(f"email URL {shown!r} names no host, e.g. {example}")
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = set(options) - {"starttls", "timeout"}
+    known = (*own_options, "timeout", *_PACING_OPTIONS)
+    unknown = set(options) - set(known)
     if unknown:
-        raise ValueError(f"email URL {shown!r} has unknown options {sorted(unknown)}; known: starttls, timeout")
-    starttls = _flag(options.get("starttls", "false"), "starttls", shown)
-    if starttls and scheme == "smtps":
-        raise ValueError(f"email URL {shown!r}: smtps:// is already TLS; starttls applies to smtp:// only")
+        raise ValueError(f"email URL {shown!r} has unknown options {sorted(unknown)}; known: {', '.join(known)}")
     try:
         timeout = float(options.get("timeout", "30"))
     except ValueError:
         raise ValueError(f"email URL {shown!r}: timeout must be a number of seconds") from None
-    if not timeout > 0:
+    if not 0 < timeout < float("inf"):
         raise ValueError(f"email URL {shown!r}: timeout must be positive")
+    return parts, port, options, timeout
+
+
+def _smtp_backend(url: str, scheme: str, shown: str) -> SmtpBackend:
+    example = "smtp://user:pass@smtp.example.com:587"
+    parts, port, options, timeout = _network_url(url, shown, _DEFAULT_PORTS[scheme], example, ("starttls",))
+    starttls = _flag(options.get("starttls", "false"), "starttls", shown)
+    if starttls and scheme == "smtps":
+        raise ValueError(f"email URL {shown!r}: smtps:// is already TLS; starttls applies to smtp:// only")
     return SmtpBackend(
-        parts.hostname,
+        parts.hostname or "",
         port,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
         starttls=starttls,
         implicit_tls=scheme == "smtps",
         timeout=timeout,
+        pacing=pacing_from_options(options, shown),
+        description=shown,
+    )
+
+
+def _resend_backend(url: str, shown: str) -> ResendBackend:
+    # tls decides the default port, so it is read before the rest.
+    tls = _flag(dict(parse_qsl(urlsplit(url).query)).get("tls", "true"), "tls", shown)
+    example = "resend://re_123@api.resend.com"
+    parts, port, options, timeout = _network_url(url, shown, 443 if tls else 80, example, ("tls",))
+    # The whole user part is the key (resend://re_123@host); resend://:re_123@host is accepted too.
+    userinfo = parts.netloc.rpartition("@")[0]
+    api_key = unquote(userinfo.split(":", 1)[1] if userinfo.startswith(":") else userinfo)
+    if not api_key:
+        raise ValueError(f"email URL {shown!r} has no API key, e.g. {example}")
+    return ResendBackend(
+        parts.hostname or "",
+        port,
+        api_key=api_key,
+        tls=tls,
+        timeout=timeout,
+        pacing=pacing_from_options(options, shown),
         description=shown,
     )
 

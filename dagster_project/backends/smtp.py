@@ -1,12 +1,22 @@
-"""SMTP delivery over one reused connection (plain, STARTTLS or implicit TLS)."""
+"""SMTP delivery over reused connections (plain, STARTTLS or implicit TLS), paced and retried.
+
+At most `connections` connections are ever open, each reused message after
+message. A 4xx answer is tried again within the tick with exponential backoff
+(`retries`, `backoff`), and every message waits its turn in one token bucket
+(`rate` messages a second) shared by all connections.
+"""
 
 from __future__ import annotations
 
+import queue
 import smtplib
 import ssl
+import time
+from collections.abc import Callable
 from email.message import EmailMessage
 
 from .base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend, message_id_of
+from .pacing import Pacing
 
 _AUTHENTICATION_REQUIRED = 530
 
@@ -19,6 +29,11 @@ def _reply_text(code: int, reply: bytes | str) -> str:
 def _refusal(message_id: str, code: int, reply: bytes | str) -> Delivery:
     # 5xx: the server will never take it; anything else (4xx, odd codes): try again later.
     return Delivery(message_id=message_id, ok=False, permanent=500 <= code <= 599, detail=_reply_text(code, reply))
+
+
+def _try_again_soon(delivery: Delivery) -> bool:
+    # A 4xx ("451 try again later") means the server did not take the message: another try cannot duplicate it.
+    return not delivery.ok and not delivery.permanent and delivery.detail[:1] == "4"
 
 
 class SmtpBackend(EmailBackend):
@@ -36,7 +51,9 @@ class SmtpBackend(EmailBackend):
         starttls: bool = False,
         implicit_tls: bool = False,
         timeout: float = 30.0,
+        pacing: Pacing = Pacing(),
         description: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if starttls and implicit_tls:
             raise ValueError("choose STARTTLS or implicit TLS (smtps://), not both")
@@ -47,41 +64,85 @@ class SmtpBackend(EmailBackend):
         self.starttls = starttls
         self.implicit_tls = implicit_tls
         self.timeout = timeout
+        self.pacing = pacing
         scheme = "smtps" if implicit_tls else "smtp"
         user = f"{username}:***@" if username else ""
         self.description = description or f"{scheme}://{user}{host}:{port}"
-        self._connection: smtplib.SMTP | None = None
+        self._sleep = sleep
+        self._bucket = pacing.bucket()
+        # One slot per allowed connection, each holding its connection or None: a sender takes a slot
+        # (waiting while all are busy) and puts it back, so no more than `connections` ever exist.
+        self._slots: queue.LifoQueue[smtplib.SMTP | None] = queue.LifoQueue()
+        for _ in range(pacing.connections):
+            self._slots.put(None)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def connections(self) -> int:
+        return self.pacing.connections
+
     def open(self) -> None:
-        if not self._connected():
-            self._connect()
+        # Connect one slot now, so a server that is down fails the tick before anything is claimed.
+        connection = self._slots.get()
+        try:
+            if not _connected(connection):
+                connection = self._connect()
+        finally:
+            self._slots.put(connection)
 
     def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
-            connection.quit()
-        except (smtplib.SMTPException, OSError):
-            connection.close()
+        held = [self._slots.get() for _ in range(self.pacing.connections)]
+        for connection in held:
+            _quit(connection)
+            self._slots.put(None)
 
     def send(self, message: EmailMessage) -> Delivery:
         message_id = message_id_of(message)
-        envelope_from, envelope_to = _envelope(message)
+        envelope = _envelope(message)
+        retry = 0
+        while True:
+            delivery = self._send_on_a_connection(message, message_id, envelope)
+            if not _try_again_soon(delivery):
+                return delivery
+            retry += 1
+            wait = self.pacing.retry.wait(retry)
+            if wait is None:
+                return Delivery(message_id, ok=False, detail=f"{delivery.detail} (tried {retry} times this tick)")
+            self._sleep(wait)
+
+    def _send_on_a_connection(
+        self, message: EmailMessage, message_id: str, envelope: tuple[str, list[str]]
+    ) -> Delivery:
+        connection = self._slots.get()
+        try:
+            if self._bucket is not None:
+                self._bucket.take()
+            delivery, connection = self._send_reconnecting(connection, message, message_id, envelope)
+            return delivery
+        finally:
+            self._slots.put(connection if _connected(connection) else None)
+
+    def _send_reconnecting(
+        self,
+        connection: smtplib.SMTP | None,
+        message: EmailMessage,
+        message_id: str,
+        envelope: tuple[str, list[str]],
+    ) -> tuple[Delivery, smtplib.SMTP | None]:
         dropped: Exception | None = None
         # Servers drop idle or long-lived connections: one fresh connection, one more try.
         for _attempt in range(2):
-            if not self._connected():
+            if not _connected(connection):
                 # Also after a 421 earlier in the batch, which closed the connection.
-                self._connect()
+                connection = self._connect()
             try:
-                return self._send_once(message, message_id, envelope_from, envelope_to)
+                return self._send_once(connection, message, message_id, *envelope), connection
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as error:
-                self.close()
+                _quit(connection)
+                connection = None
                 if _timed_out(error):
                     # The server went silent, perhaps after taking the message: a retry could send it twice.
                     raise DeliveryUncertain(
@@ -90,18 +151,19 @@ class SmtpBackend(EmailBackend):
                         message_id,
                     ) from error
                 dropped = error
-        return Delivery(
-            message_id=message_id,
-            ok=False,
-            detail=f"SMTP server {self.address} dropped the connection twice: {dropped}",
-        )
+        detail = f"SMTP server {self.address} dropped the connection twice: {dropped}"
+        return Delivery(message_id=message_id, ok=False, detail=detail), None
 
     def _send_once(
-        self, message: EmailMessage, message_id: str, envelope_from: str, envelope_to: list[str]
+        self,
+        connection: smtplib.SMTP,
+        message: EmailMessage,
+        message_id: str,
+        envelope_from: str,
+        envelope_to: list[str],
     ) -> Delivery:
-        assert self._connection is not None
         try:
-            refused = self._connection.send_message(message, from_addr=envelope_from, to_addrs=envelope_to)
+            refused = connection.send_message(message, from_addr=envelope_from, to_addrs=envelope_to)
         except smtplib.SMTPRecipientsRefused as error:
             refused = error.recipients
         except smtplib.SMTPResponseException as error:
@@ -121,10 +183,7 @@ class SmtpBackend(EmailBackend):
             return _refusal(message_id, code, reply)
         return Delivery(message_id=message_id, ok=True, detail=f"accepted by {self.address}")
 
-    def _connected(self) -> bool:
-        return self._connection is not None and self._connection.sock is not None
-
-    def _connect(self) -> None:
+    def _connect(self) -> smtplib.SMTP:
         connection: smtplib.SMTP | None = None
         try:
             if self.implicit_tls:
@@ -154,7 +213,20 @@ class SmtpBackend(EmailBackend):
             _discard(connection)
             # `from None`: the chained exception of a login could echo credentials in a traceback.
             raise BackendUnavailable(f"cannot reach SMTP server {self.address}: {error}") from None
-        self._connection = connection
+        return connection
+
+
+def _connected(connection: smtplib.SMTP | None) -> bool:
+    return connection is not None and connection.sock is not None
+
+
+def _quit(connection: smtplib.SMTP | None) -> None:
+    if connection is None:
+        return
+    try:
+        connection.quit()
+    except (smtplib.SMTPException, OSError):
+        connection.close()
 
 
 def _timed_out(error: BaseException) -> bool:

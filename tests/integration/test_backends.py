@@ -92,7 +92,8 @@ def test_smtp_550_fails_that_recipient_for_good_and_the_others_still_arrive(smtp
 def test_smtp_451_is_retryable(smtp_sink):
     smtp_sink.defer.add("busy@example.com")
 
-    with backend_from_url(smtp_sink.url) as backend:
+    # retries=0: this test is about the answer; tests/integration/test_smtp_faults.py covers retrying within a tick.
+    with backend_from_url(f"{smtp_sink.url}?retries=0") as backend:
         deferred = backend.send(message("c1", to="busy@example.com"))
         smtp_sink.defer.clear()
         retried = backend.send(message("c1", to="busy@example.com"))
@@ -193,6 +194,9 @@ def test_smtp_urls_configure_the_backend():
         False,
     )
     assert (tls.port, tls.username, tls._password, tls.starttls, tls.timeout) == (587, "u", "p@ss", True, 12.5)
+    assert (plain.pacing.retry.retries, plain.pacing.retry.backoff, plain.pacing.rate, plain.connections) == (
+        2, 1.0, None, 1
+    )
     assert (implicit.port, implicit.implicit_tls, implicit.starttls) == (465, True, False)
     assert tls.description == "smtp://u:***@mail.example:587?starttls=true&timeout=12.5"
 

@@ -59,3 +59,22 @@ def test_interrupted_claims_become_unknown_with_an_explanation(con):
     assert (status, reason, attempts) == ("unknown", "interrupted", 0)
     assert row(con, "k2")[0] == "sent"
     assert ("welcome", "unknown", "interrupted", 1) in status_counts(con)
+
+
+def test_a_temporary_failure_on_the_last_attempt_is_attempts_exhausted_with_the_servers_words(con):
+    from dagster_project.ledger import MAX_ATTEMPTS
+
+    record(con, [entry("k1")], as_of=AS_OF, now=NOW)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        record(con, [entry("k1")], as_of=AS_OF, now=NOW)
+        mark(con, [Outcome("welcome", "k1", "failed", "temporary", f"451 try later ({attempt})")], as_of=AS_OF, now=NOW)
+        status, reason, attempts, _, _ = row(con, "k1")
+        assert attempts == attempt
+        assert (status, reason) == (("failed", "temporary") if attempt < MAX_ATTEMPTS else ("failed", "attempts_exhausted"))
+    error = con.execute("select error from nudge.messages where trigger_key = 'k1'").fetchone()[0]
+    assert error == f"451 try later ({MAX_ATTEMPTS})"
+    # A final rejection on the last attempt stays what the server said.
+    record(con, [entry("k2")], as_of=AS_OF, now=NOW)
+    con.execute("update nudge.messages set attempts = ? where trigger_key = 'k2'", [MAX_ATTEMPTS - 1])
+    mark(con, [Outcome("welcome", "k2", "failed", "rejected", "550 no such user")], as_of=AS_OF, now=NOW)
+    assert row(con, "k2")[:3] == ("failed", "rejected", MAX_ATTEMPTS)
