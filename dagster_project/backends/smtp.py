@@ -36,6 +36,30 @@ def _try_again_soon(delivery: Delivery) -> bool:
     return not delivery.ok and not delivery.permanent and delivery.detail[:1] == "4"
 
 
+class _PayloadTracking:
+    """Knows whether the message itself has gone out on this connection.
+
+    A connection lost before that point lost nothing: resending is safe. Lost after it,
+    the server may hold the whole message and deliver it; only the 250 went missing.
+    """
+
+    payload_sent = False
+
+    def send(self, s: str | bytes) -> None:
+        data = s.encode(self.command_encoding) if isinstance(s, str) else s  # type: ignore[attr-defined]
+        if data.endswith(b"\r\n.\r\n"):  # smtplib writes the payload and its final dot in one go
+            self.payload_sent = True
+        super().send(s)  # type: ignore[misc]
+
+
+class _SMTP(_PayloadTracking, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_PayloadTracking, smtplib.SMTP_SSL):
+    pass
+
+
 class SmtpBackend(EmailBackend):
     """Not a deduping backend: SMTP servers deliver every copy they accept."""
 
@@ -138,11 +162,19 @@ class SmtpBackend(EmailBackend):
             if not _connected(connection):
                 # Also after a 421 earlier in the batch, which closed the connection.
                 connection = self._connect()
+            connection.payload_sent = False
             try:
                 return self._send_once(connection, message, message_id, *envelope), connection
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as error:
+                payload_sent = connection.payload_sent
                 _quit(connection)
                 connection = None
+                if payload_sent and not _timed_out(error):
+                    raise DeliveryUncertain(
+                        f"SMTP server {self.address} hung up after taking all of {message_id}, before saying "
+                        "whether it accepted it",
+                        message_id,
+                    ) from error
                 if _timed_out(error):
                     # The server went silent, perhaps after taking the message: a retry could send it twice.
                     raise DeliveryUncertain(
@@ -187,11 +219,11 @@ class SmtpBackend(EmailBackend):
         connection: smtplib.SMTP | None = None
         try:
             if self.implicit_tls:
-                connection = smtplib.SMTP_SSL(
+                connection = _SMTP_SSL(
                     self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
                 )
             else:
-                connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                connection = _SMTP(self.host, self.port, timeout=self.timeout)
             connection.ehlo()
             if self.starttls:
                 connection.starttls(context=ssl.create_default_context())
