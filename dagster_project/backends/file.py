@@ -39,6 +39,10 @@ class FileBackend(EmailBackend):
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise BackendUnavailable(f"cannot create the outbox {self.root}: {error.strerror or error}") from error
+        # A process killed mid-write leaves its hidden temporary file behind (never a half .eml);
+        # only one tick sends at a time, so any found now belong to a dead one.
+        for leftover in self.root.glob("*/.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
     def path_for(self, message: EmailMessage) -> Path:
         automation = str(message.get(AUTOMATION_HEADER) or "_unassigned").strip()
@@ -51,7 +55,7 @@ class FileBackend(EmailBackend):
         data = message.as_bytes(policy=policy.SMTP)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Write aside then rename: a reader never sees half a message, a crash leaves none.
+            # Write aside then rename: a reader never sees half a message, a crash never leaves one.
             descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
             try:
                 with os.fdopen(descriptor, "wb") as handle:

@@ -308,3 +308,16 @@ def test_file_backend_that_cannot_create_its_outbox_is_unavailable(tmp_path):
     with pytest.raises(BackendUnavailable, match="not-a-directory"):
         with FileBackend(blocker / "outbox"):
             pass
+
+
+def test_file_backend_clears_the_temporary_files_a_killed_writer_left(tmp_path):
+    outbox = tmp_path / "outbox"
+    (outbox / "welcome").mkdir(parents=True)
+    leftover = outbox / "welcome" / ".abc123.tmp"
+    leftover.write_bytes(b"From: half a mess")
+    kept = outbox / "welcome" / "kept.eml"
+    kept.write_bytes(b"a whole message")
+    with backend_from_url(f"file://{outbox}"):
+        pass
+    assert not leftover.exists()
+    assert kept.read_bytes() == b"a whole message"
