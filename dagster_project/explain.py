@@ -205,6 +205,11 @@ def decision_phrase(
                 f"failed {decided}, temporarily" + (f" ({detail})" if detail else "")
                 + f"; attempt {decision.attempts} of {MAX_ATTEMPTS}, {more}"
             )
+        if reason == "attempts_exhausted":
+            return (
+                f"failed {decided}: refused for now on each of {decision.attempts} attempts"
+                + (f", last with: {detail}" if detail else "") + "; given up, never retried"
+            )
         return f"failed {decided}: refused by the email provider" + (f" ({detail})" if detail else "") + "; never retried"
     return f"{status} {decided}" + (f" ({reason})" if reason else "") + (f": {detail}" if detail else "")
 

@@ -60,7 +60,7 @@ class SendConfig:
     postal_address: str
     unsubscribe_url: str
     unsubscribe_mailto: str
-    unsubscribe_secret: str
+    unsubscribe_secret: str = field(repr=False)
     batch_size: int = 100
     # The journal `nudge serve` appends unsubscribes to; None where no endpoint runs (then
     # nudge.unsubscribes alone says who left).
@@ -401,9 +401,10 @@ def _deliver(
                     Outcome(automation.name, candidate.trigger_key, Status.UNKNOWN, Reason.INTERRUPTED, str(error))
                 )
                 unsent = unsent[1:]
-            # Nothing after it reached the backend: free those claims for a later tick.
+            # Nothing after it reached the backend: free those claims for a later tick. Never handed
+            # over, so not an attempt: an outage must not use up a message's retries.
             for later, _ in unsent:
-                outcomes.append(Outcome(automation.name, later.trigger_key, Status.FAILED, Reason.TEMPORARY, str(error)))
+                withdrawn.append(Outcome(automation.name, later.trigger_key, Status.FAILED, Reason.TEMPORARY, str(error)))
             report.failed += len(unsent)
             raise _Unavailable(outcomes, error) from error
         if delivery.ok:
