@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dagster_project.clock import format_as_of, parse_as_of
+from dagster_project.progress import progress_bar
 from dagster_project.settings import NudgeSettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -267,6 +268,7 @@ def backtest(
         raise typer.BadParameter(str(error), param_hint="--every") from None
 
     def progress(index: int, count: int, tick, decided) -> None:  # noqa: ANN001 (TickResult, rows)
+        advance(description=f"replayed {format_as_of(tick.as_of)} UTC")
         would = sum(1 for row in decided if row["status"] == "sent")
         console.print(
             f"tick {index + 1}/{count} as of {format_as_of(tick.as_of)} UTC: {automation} would send {would}, "
@@ -285,11 +287,13 @@ def backtest(
         highlight=False,
         soft_wrap=True,
     )
+    ticks = int((last - first) / interval) + 1 if last >= first else None
     try:
-        result = run_backtest(
-            settings, automation, first, last, interval, out_dir=out, keep_warehouse=keep_warehouse,
-            log_level="DEBUG" if verbose else "ERROR", quiet=not verbose, on_tick=progress,
-        )
+        with progress_bar(console, "replaying", ticks) as advance:
+            result = run_backtest(
+                settings, automation, first, last, interval, out_dir=out, keep_warehouse=keep_warehouse,
+                log_level="DEBUG" if verbose else "ERROR", quiet=not verbose, on_tick=progress,
+            )
     except BacktestError as error:
         console.print(str(error), style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
