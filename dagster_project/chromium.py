@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,16 +84,17 @@ def _run(args: list[str], timeout: float) -> PageRun:
     return PageRun(completed.stdout, completed.stderr)
 
 
-def dump_dom(url: str, *, budget_ms: int = 10_000, timeout: float = 90) -> PageRun:
+def dump_dom(url: str, *, budget_ms: int = 10_000, timeout: float = 90,
+             extra_flags: Sequence[str] = ()) -> PageRun:
     """The page's DOM (serialized) once its scripts have run."""
-    return _run([f"--virtual-time-budget={budget_ms}", "--dump-dom", url], timeout)
+    return _run([*extra_flags, f"--virtual-time-budget={budget_ms}", "--dump-dom", url], timeout)
 
 
 def screenshot(url: str, out: Path, *, width: int = 1280, height: int = 1600, budget_ms: int = 10_000,
-               timeout: float = 90) -> PageRun:
+               timeout: float = 90, extra_flags: Sequence[str] = ()) -> PageRun:
     """A PNG of the page's first width x height pixels once its scripts have run."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    run = _run([f"--virtual-time-budget={budget_ms}", f"--window-size={width},{height}",
+    run = _run([*extra_flags, f"--virtual-time-budget={budget_ms}", f"--window-size={width},{height}",
                 f"--screenshot={out.resolve()}", url], timeout)
     if not out.exists():
         raise RuntimeError(f"chromium wrote no screenshot to {out}: {run.stderr[-2000:]}")

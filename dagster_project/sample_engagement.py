@@ -119,7 +119,7 @@ def engagement_events(
         if rng.random() >= OPEN_RATES.get(automation, DEFAULT_OPEN_RATE):
             continue
         # most opens come in the first hours, a tail over the next day
-        opened_at = sent_at + timedelta(minutes=min(rng.expovariate(1 / 180), 36 * 60))
+        opened_at = sent_at + timedelta(seconds=int(60 + min(rng.expovariate(1 / 180), 36 * 60) * 60))
         if not emit("email_opened", opened_at, {}) or rng.random() >= CLICK_RATE_OF_OPENS:
             continue
         campaign = f"utm_source=nudge&utm_medium=email&utm_campaign={automation}"

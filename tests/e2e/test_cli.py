@@ -292,3 +292,23 @@ def test_status_json_in_a_real_process(env, demo):
     document = json.loads(completed.stdout)
     total = sum(row["count"] for row in document["messages"])
     assert total == env.scalar("select count(*) from nudge.messages") > 0
+
+
+def test_demo_answers_its_first_emails_and_ends_with_the_report(env, demo):
+    """Between its ticks the demo writes what recipients did with the first tick's emails; the
+    second tick ingests it, and the report the demo writes shows it."""
+    text = one_line(demo.output)
+    assert "Sample engagement:" in text
+    opened = env.scalar("select count(*) from raw.events where name in ('email_opened', 'email_clicked')")
+    assert opened > 0
+    assert env.scalar("select sum(opened) from reporting.rpt_engagement") > 0
+    # every engagement event names a message the ledger sent
+    assert env.scalar(
+        "select count(*) from raw.events e where e.name like 'email_%' and e.name <> 'email_clicked' "
+        "and json_extract_string(e.properties, '$.message_id') not in "
+        "(select message_id from nudge.messages where status = 'sent')"
+    ) == 0
+    match = re.search(r"Report written to (\S+\.html) \((\d+) KB\)", text)
+    assert match, text[-2000:]
+    html = open(match.group(1), encoding="utf-8").read()
+    assert "<section id=\"welcome\" class=\"automation\">" in html and int(match.group(2)) > 1000
