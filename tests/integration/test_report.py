@@ -124,3 +124,15 @@ def test_a_warehouse_without_reporting_tables_is_said_so(tmp_path):
     missing = report(tmp_path / "nowhere.duckdb", tmp_path / "y.html")
     assert missing.exit_code == 1 and "no warehouse" in " ".join(missing.output.split())
     assert not (tmp_path / "nowhere.duckdb").exists(), "reading never creates a warehouse"
+
+
+def test_open_hands_the_file_to_the_default_browser(warehouse, tmp_path, monkeypatch):
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda url, *args, **kwargs: opened.append(url) or True)
+    monkeypatch.setenv("NUDGE_WAREHOUSE", str(warehouse))
+    runner = CliRunner()
+    assert runner.invoke(app, ["report", "--out", str(tmp_path / "r.html"), "--open"]).exit_code == 0
+    preview = runner.invoke(app, ["preview", "winback", "--out", str(tmp_path / "p.html"), "--open"])
+    assert preview.exit_code == 0, preview.output
+    assert opened == [(tmp_path / "r.html").as_uri(), (tmp_path / "p.html").as_uri()]
+    assert "<html" in (tmp_path / "p.html").read_text().lower()
