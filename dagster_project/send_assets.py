@@ -15,6 +15,7 @@ from datetime import datetime
 import dagster as dg
 import duckdb
 
+from dagster_project.asset_metadata import query_preview
 from dagster_project.automations import Automation, Policy
 from dagster_project.backends.base import BackendUnavailable, EmailBackend
 from dagster_project.builds import NotBuiltError, require_built
@@ -62,6 +63,7 @@ class SendTarget:
     trigger_key: dg.AssetKey
     contacts_key: dg.AssetKey
     events_key: dg.AssetKey
+    suppressions_key: dg.AssetKey | None = None  # int_email_suppressions: addresses never mailed again
 
     @property
     def key(self) -> dg.AssetKey:
@@ -73,7 +75,8 @@ def _send_spec(target: SendTarget) -> dg.AssetSpec:
     return dg.AssetSpec(
         target.key,
         group_name="send",
-        deps=[target.trigger_key, target.contacts_key, target.events_key],
+        deps=[target.trigger_key, target.contacts_key, target.events_key,
+              *([target.suppressions_key] if target.suppressions_key else [])],
         kinds={"python", "email"},
         skippable=True,
         description=(
@@ -112,8 +115,14 @@ def build_send_assets(
     contacts_relation: str,
     events_relation: str,
     policy: Policy,
+    suppressions_relation: str | None = None,
+    suppressions_model: str | None = None,
 ) -> dg.AssetsDefinition:
-    """`targets` in the order they send (see automations_from_manifest)."""
+    """`targets` in the order they send (see automations_from_manifest).
+
+    `suppressions_model` (int_email_suppressions' unique id) must be built and tested for the
+    tick like a trigger model: sending from a stale or broken list of dead addresses is
+    worse than not sending."""
     marketing = [t.automation.name for t in targets if t.automation.is_marketing]
 
     @dg.multi_asset(
@@ -147,7 +156,8 @@ def build_send_assets(
                 with email.open() as backend:
                     for target in wanted:
                         outcome = _send_one(context, con, target, backend, config, as_of, policy, marketing,
-                                            contacts_relation, events_relation, email.description)
+                                            contacts_relation, events_relation, email.description,
+                                            suppressions_relation, suppressions_model)
                         finished.add(target.key)
                         if isinstance(outcome, str):
                             failures.append(outcome)
@@ -183,12 +193,16 @@ def _send_one(
     contacts_relation: str,
     events_relation: str,
     backend_description: str,
+    suppressions_relation: str | None = None,
+    suppressions_model: str | None = None,
 ) -> dg.MaterializeResult | str:
     """One automation's send: its materialization, or why it did not run (BackendUnavailable propagates)."""
     automation = target.automation
     try:
         # Our own gate: a failed dbt test upstream stops this automation, whatever the orchestrator does.
         require_built(con, automation.model_unique_id, as_of)
+        if suppressions_model:
+            require_built(con, suppressions_model, as_of)
     except NotBuiltError as error:
         return f"{target.key.to_user_string()}: {error}"
     started = time.perf_counter()
@@ -203,6 +217,7 @@ def _send_one(
             as_of=as_of,
             policy=policy,
             marketing_automations=marketing,
+            suppressions_relation=suppressions_relation,
             log=context.log.info,
         )
     except TemplateError as error:
@@ -212,10 +227,18 @@ def _send_one(
         f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "
         f"{report.skipped_total} skipped, {report.held_out} held out, {report.held} held, {report.failed} failed"
     )
-    return dg.MaterializeResult(
-        asset_key=target.key,
-        metadata=_metadata(report, backend_description, time.perf_counter() - started),
+    metadata = _metadata(report, backend_description, time.perf_counter() - started)
+    metadata["decisions"] = query_preview(
+        con,
+        f"""
+        select trigger_key, contact_id, status, reason, error, subject
+        from {LEDGER_TABLE}
+        where automation = $automation and (decided_at = $as_of or sent_at = $as_of)
+        order by status = 'sent' desc, status, trigger_key
+        """,
+        {"automation": automation.name, "as_of": as_of},
     )
+    return dg.MaterializeResult(asset_key=target.key, metadata=metadata)
 
 
 def _ledger_results(con: duckdb.DuckDBPyConnection) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
@@ -233,6 +256,7 @@ def _ledger_results(con: duckdb.DuckDBPyConnection) -> Iterator[dg.MaterializeRe
         asset_key=LEDGER_KEY,
         metadata={
             "rows": sum(by_status.values()),
+            "dagster/row_count": sum(by_status.values()),
             **{f"status_{status}": n for status, n in sorted(by_status.items())},
             "by_automation": dg.MetadataValue.md(table),
         },
