@@ -8,7 +8,7 @@ export DBT_PROFILES_DIR := $(CURDIR)/dbt_project
 # with, so `prepare` and the ticks see the same absolute path.
 export NUDGE_WAREHOUSE ?= $(CURDIR)/data/warehouse.duckdb
 
-.PHONY: install prepare demo run test dev bench clean
+.PHONY: install prepare demo run test dev bench clean screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ run: prepare
 
 test: prepare
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# docs/report.png: the demo's report in headless Chromium (needs chromium installed)
+screenshot: prepare
+	$(BIN)/python scripts/screenshot_report.py
 
 dev: prepare
 	$(BIN)/dagster dev -w workspace.yaml

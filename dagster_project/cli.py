@@ -121,10 +121,23 @@ def demo(
     # Two ticks a day apart, not one: a single catch-up tick would see a welcome and the
     # next day's follow-up due at once, and the frequency cap would keep only the first.
     succeeded = True
-    for as_of in (end - timedelta(days=1), end):
+    first, second = end - timedelta(days=1), end
+    for as_of in (first, second):
         tick = _tick(as_of, settings, verbose)
         _print_tick(tick, settings)
         succeeded = succeeded and tick.success
+        if as_of == first:
+            # What recipients did with the first tick's emails by the second tick, so the
+            # report has opens, clicks and conversions to show.
+            from dagster_project.sample_engagement import write_engagement
+
+            engagement = write_engagement(
+                settings.warehouse, settings.landing_dir, settings.dbt_project_dir,
+                settings.dbt_project_dir / "target" / "manifest.json", until=second, seed=seed,
+            )
+            console.print(f"Sample engagement: {engagement.describe()}", markup=False, highlight=False, soft_wrap=True)
+    if succeeded:
+        _write_report(settings, out=None, open_browser=False)
     raise typer.Exit(0 if succeeded else 1)
 
 
@@ -204,10 +217,14 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 @app.command()
 def preview(
     automation: Annotated[str, typer.Argument(help="The automation, e.g. cart_abandoned.")],
-    contact: Annotated[Optional[str], typer.Option(help="A contact id; default: the first qualified contact.")] = None,
+    contact: Annotated[
+        Optional[str],
+        typer.Option(help="A contact id; default: the latest qualified contact, or a sample contact when none is."),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the HTML part.")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML in the default browser.")] = False,
 ) -> None:
-    """Render an automation's email for one contact without sending anything."""
+    """Render an automation's email for one contact without sending anything, and write its HTML to a file."""
     from dagster_project.preview import render_preview
 
     settings = _settings()
@@ -219,13 +236,55 @@ def preview(
     from dagster_project.backends.file import safe_filename
 
     # The contact id is data: it names a file only through safe_filename, never as a path.
-    path = out or settings.warehouse.parent / "previews" / safe_filename(f"{automation}-{rendered.contact_id}.html")
+    path = (out or settings.warehouse.parent / "previews" / safe_filename(f"{automation}-{rendered.contact_id}.html")).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(rendered.email.html)
+    path.write_text(rendered.email.html, encoding="utf-8")
+    if rendered.is_sample:
+        console.print(
+            f"Nobody qualifies for {automation} yet: rendered for a sample contact with an empty context.",
+            style="yellow", markup=False, highlight=False, soft_wrap=True,
+        )
     console.print(Text.assemble(("Subject: ", "bold"), rendered.email.subject))
     # The email's own text, as is: never read as rich markup, never re-wrapped (links must stay whole).
     console.print(rendered.email.text, markup=False, highlight=False, soft_wrap=True)
     console.print(f"HTML written to {path}", markup=False, highlight=False, soft_wrap=True)
+    if open_browser:
+        _open_in_browser(path)
+
+
+def _write_report(settings: NudgeSettings, out: Path | None, open_browser: bool) -> Path:
+    from dagster_project.report import ReportUnavailable, write_report
+
+    path = (out or settings.warehouse.parent / "report.html").resolve()
+    try:
+        write_report(settings.warehouse, path)
+    except ReportUnavailable as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"Report written to {path} ({path.stat().st_size // 1024} KB)", markup=False, highlight=False,
+                  soft_wrap=True)
+    if open_browser:
+        _open_in_browser(path)
+    return path
+
+
+def _open_in_browser(path: Path) -> None:
+    import webbrowser
+
+    if not webbrowser.open(path.resolve().as_uri()):
+        console.print("No browser found to open it; open the file above yourself.", style="yellow")
+
+
+Open = Annotated[bool, typer.Option("--open", help="Open the file in the default browser.")]
+
+
+@app.command()
+def report(
+    out: Annotated[Optional[Path], typer.Option(help="The HTML file to write; default: report.html beside the warehouse.")] = None,
+    open_browser: Open = False,
+) -> None:
+    """Write the reporting models as one self-contained HTML file (charts included, opens offline)."""
+    _write_report(_settings(), out, open_browser)
 
 
 @app.command("sample-data")

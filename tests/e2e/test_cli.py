@@ -96,9 +96,11 @@ def test_demo_runs_a_tick_and_sends(env, demo):
 
 
 def test_demo_reports_events_loaded_and_rejected(env, demo):
-    rows = table_rows(demo.output)
-    loaded, _duplicates, rejected = (int(cell) for cell in rows["events"][:3])
+    # the first tick loads the sample data, the second what recipients did with the first tick's emails
+    ticks = [[int(cell) for cell in table_rows(tick)["events"][:3]] for tick in per_tick(demo.output)]
+    loaded, rejected = sum(tick[0] for tick in ticks), sum(tick[2] for tick in ticks)
     assert loaded == env.scalar("select count(*) from raw.events")
+    assert ticks[1][0] == env.scalar("select count(*) from raw.events where source_file like '%email-engagement%'") > 0
     assert rejected == env.scalar("select count(*) from raw.rejected_rows where source_table = 'events'")
     assert rejected > 0  # the sample data plants bad rows on purpose
 
@@ -292,3 +294,23 @@ def test_status_json_in_a_real_process(env, demo):
     document = json.loads(completed.stdout)
     total = sum(row["count"] for row in document["messages"])
     assert total == env.scalar("select count(*) from nudge.messages") > 0
+
+
+def test_demo_answers_its_first_emails_and_ends_with_the_report(env, demo):
+    """Between its ticks the demo writes what recipients did with the first tick's emails; the
+    second tick ingests it, and the report the demo writes shows it."""
+    text = one_line(demo.output)
+    assert "Sample engagement:" in text
+    opened = env.scalar("select count(*) from raw.events where name in ('email_opened', 'email_clicked')")
+    assert opened > 0
+    assert env.scalar("select sum(opened) from reporting.rpt_engagement") > 0
+    # every engagement event names a message the ledger sent
+    assert env.scalar(
+        "select count(*) from raw.events e where e.name like 'email_%' and e.name <> 'email_clicked' "
+        "and json_extract_string(e.properties, '$.message_id') not in "
+        "(select message_id from nudge.messages where status = 'sent')"
+    ) == 0
+    match = re.search(r"Report written to (\S+\.html) \((\d+) KB\)", text)
+    assert match, text[-2000:]
+    html = open(match.group(1), encoding="utf-8").read()
+    assert "<section id=\"welcome\" class=\"automation\">" in html and int(match.group(2)) > 1000

@@ -41,7 +41,10 @@ final as (
         count(case when status = 'skipped' and reason = 'exited' then 1 end) as skipped_exited,
         count(case when status = 'skipped' and reason = 'capped' then 1 end) as skipped_capped,
         count(case when status = 'skipped' and reason = 'before_start' then 1 end) as skipped_before_start,
-        count(case when status = 'skipped' and reason = 'unknown_contact' then 1 end) as skipped_unknown_contact
+        count(case when status = 'skipped' and reason = 'unknown_contact' then 1 end) as skipped_unknown_contact,
+        count(case when status = 'skipped' and reason = 'unsubscribed' then 1 end) as skipped_unsubscribed,
+        count(case when status = 'skipped' and reason = 'suppressed' then 1 end) as skipped_suppressed,
+        count(case when status = 'failed' and reason = 'attempts_exhausted' then 1 end) as failed_attempts_exhausted
 
     from decided
     group by automation, decided_on
