@@ -6,7 +6,7 @@ import io
 import json
 import shutil
 import sys
-from contextlib import redirect_stdout
+from contextlib import nullcontext, redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Optional
@@ -79,7 +79,7 @@ def _print_tick(tick, settings: NudgeSettings) -> None:  # noqa: ANN001 (TickRes
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Dagster's and dbt's step logs.")]
 
 
-def _tick(as_of: datetime, settings: NudgeSettings, verbose: bool):  # noqa: ANN202
+def _tick(as_of: datetime, settings: NudgeSettings, verbose: bool, spinner: bool = True):  # noqa: ANN202
     from dagster_project.definitions import build_defs
     from dagster_project.tick import run_tick
 
@@ -88,7 +88,8 @@ def _tick(as_of: datetime, settings: NudgeSettings, verbose: bool):  # noqa: ANN
         return run_tick(defs, as_of, log_level="DEBUG")
     # dagster-dbt echoes dbt's log to stdout (the UI keeps it as the step's compute log); here
     # only the summary is wanted, and failures are reported with it.
-    with console.status(f"Running a tick as of {format_as_of(as_of)} UTC ..."), redirect_stdout(io.StringIO()):
+    status = console.status(f"Running a tick as of {format_as_of(as_of)} UTC ...") if spinner else nullcontext()
+    with status, redirect_stdout(io.StringIO()):
         return run_tick(defs, as_of, log_level="ERROR")
 
 
@@ -115,29 +116,34 @@ def demo(
     if fresh:
         for path in (settings.warehouse, settings.landing_dir, _outbox(settings)):
             _remove(path)
-    summary = generate(settings.landing_dir, contacts=contacts, seed=seed)
-    console.print(f"Sample data: {summary.contacts} contacts, {summary.events} events in {settings.landing_dir}")
     end = parse_as_of(DEFAULT_END.isoformat())
     # Two ticks a day apart, not one: a single catch-up tick would see a welcome and the
     # next day's follow-up due at once, and the frequency cap would keep only the first.
-    succeeded = True
     first, second = end - timedelta(days=1), end
-    for as_of in (first, second):
-        tick = _tick(as_of, settings, verbose)
-        _print_tick(tick, settings)
-        succeeded = succeeded and tick.success
-        if as_of == first:
-            # What recipients did with the first tick's emails by the second tick, so the
-            # report has opens, clicks and conversions to show.
-            from dagster_project.sample_engagement import write_engagement
+    succeeded = True
+    with progress_bar(console, "writing sample data", 5) as advance:
+        summary = generate(settings.landing_dir, contacts=contacts, seed=seed)
+        console.print(f"Sample data: {summary.contacts} contacts, {summary.events} events in {settings.landing_dir}")
+        for as_of in (first, second):
+            advance(description=f"tick as of {format_as_of(as_of)} UTC")
+            tick = _tick(as_of, settings, verbose, spinner=False)
+            _print_tick(tick, settings)
+            succeeded = succeeded and tick.success
+            if as_of == first:
+                # What recipients did with the first tick's emails by the second tick, so the
+                # report has opens, clicks and conversions to show.
+                from dagster_project.sample_engagement import write_engagement
 
-            engagement = write_engagement(
-                settings.warehouse, settings.landing_dir, settings.dbt_project_dir,
-                settings.dbt_project_dir / "target" / "manifest.json", until=second, seed=seed,
-            )
-            console.print(f"Sample engagement: {engagement.describe()}", markup=False, highlight=False, soft_wrap=True)
-    if succeeded:
-        _write_report(settings, out=None, open_browser=False)
+                advance(description="writing sample engagement")
+                engagement = write_engagement(
+                    settings.warehouse, settings.landing_dir, settings.dbt_project_dir,
+                    settings.dbt_project_dir / "target" / "manifest.json", until=second, seed=seed,
+                )
+                console.print(f"Sample engagement: {engagement.describe()}", markup=False, highlight=False, soft_wrap=True)
+        advance(description="writing the report")
+        if succeeded:
+            _write_report(settings, out=None, open_browser=False)
+        advance()
     raise typer.Exit(0 if succeeded else 1)
 
 
