@@ -21,6 +21,7 @@ The decision itself (`judge`) is a pure function; the rest reads and writes the 
 from __future__ import annotations
 
 import statistics
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -179,7 +180,9 @@ def trailing_due(con: duckdb.DuckDBPyConnection, automation: str, as_of: datetim
     """The due counts of the last `ticks` ticks before `as_of` that sent (not tripped, or released).
 
     A tripped tick is left out: otherwise a surge that lasts would, tick by tick, become its
-    own normal, and the breaker would close by itself with nobody having looked."""
+    own normal, and the breaker would close by itself with nobody having looked. A released
+    tick counts: a person said that volume is fine, so a real step change (the product grew)
+    becomes the normal after releases for about half the trailing window."""
     rows = con.execute(
         f"""
         select due from {HISTORY_TABLE}
@@ -218,7 +221,7 @@ def release(
 ) -> Release:
     """Let the next tick of `automation` send once despite the breaker."""
     ensure_tables(con)
-    release_id = f"{automation}@{now:%Y%m%dT%H%M%S.%f}"
+    release_id = f"{automation}-{uuid.uuid4().hex[:12]}"
     con.execute(
         f"insert into {RELEASES_TABLE} (release_id, automation, released_by, reason, released_at) values (?, ?, ?, ?, ?)",
         [release_id, automation, by, reason, now],
