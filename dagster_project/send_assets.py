@@ -263,7 +263,7 @@ class _Gate:
                               events_relation=events_relation, as_of=as_of)
         by_tag = f"run {self.context.run_id} (tag {breaker.RELEASE_TAG})" if name in self.released_by_tag else None
         state = breaker.check(con, name, as_of=as_of, due=due, newest_event_at=self.newest_event_at,
-                              policy=self.policy.breaker, released_by_tag=by_tag, now=breaker_now())
+                              policy=self.policy.breaker, released_by_tag=by_tag, now=_wall_clock())
         line = f"{name}: {state.summary}"
         if state.blocks:
             self.context.log.warning(line)
@@ -289,7 +289,7 @@ class _Gate:
         ]
 
 
-def breaker_now() -> datetime:
+def _wall_clock() -> datetime:
     """Wall clock, only for when a release was used (an audit column, never a decision)."""
     return datetime.now(UTC).replace(tzinfo=None)
 
