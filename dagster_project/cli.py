@@ -147,6 +147,35 @@ def _remove(path: Path | None) -> None:
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; put a TLS reverse proxy in front.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+) -> None:
+    """Serve the one-click unsubscribe endpoint (at the path of NUDGE_UNSUBSCRIBE_URL) and /healthz."""
+    import logging
+
+    import uvicorn
+
+    from dagster_project.serve import create_app, unsubscribe_path
+
+    settings = _settings()
+    if settings.uses_dev_secret:
+        console.print(
+            "Unsubscribe links are checked with the development secret: set NUDGE_UNSUBSCRIBE_SECRET in production.",
+            style="yellow",
+            markup=False,
+        )
+    console.print(
+        f"Unsubscribe endpoint at {unsubscribe_path(settings.unsubscribe_url)}; journal {settings.unsubscribe_journal}",
+        markup=False,
+        highlight=False,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    # No access log: every request line carries a token that unsubscribes someone.
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="info")
+
+
+@app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Summarise the ledger: messages per automation, status and reason."""
     from dagster_project.ledger import LEDGER_TABLE, ensure_ledger, status_counts

@@ -20,6 +20,8 @@ import dagster as dg
 import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from dagster_project.asset_metadata import plain_value, relation_metadata
+from dagster_project.automations import relation_of
 from dagster_project.builds import model_outcomes, record_builds
 from dagster_project.clock import as_of_for, format_as_of
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
@@ -129,13 +131,17 @@ def _build(
                 raise_on_error=False,
                 target_path=tick_target_path(warehouse.path),
             )
-            yield from invocation.stream()
+            # Held back until dbt has let go of the file, so each model's row count and preview
+            # can be read and shown with its materialization.
+            events = list(invocation.stream())
         outcomes = model_outcomes(_run_results(invocation), manifest)
         con = duckdb.connect(warehouse.path)
         try:
             record_builds(con, outcomes, as_of=as_of, now=datetime.now(UTC).replace(tzinfo=None))
+            events = [_with_table_metadata(con, event, manifest) for event in events]
         finally:
             con.close()
+    yield from events
     if invocation.is_successful():
         return
     errored = sorted(model for model, (status, _) in outcomes.items() if status == "error")
@@ -148,6 +154,16 @@ def _build(
     # automations whose trigger they guard, so one broken automation does not stop the others.
     failing = {model: tests for model, (_, tests) in outcomes.items() if tests}
     context.log.warning(f"dbt tests failed for as_of {format_as_of(as_of)}: {failing}")
+
+
+def _with_table_metadata(con: duckdb.DuckDBPyConnection, event: Any, manifest: Mapping[str, Any]) -> Any:
+    """A model's materialization, with the rows it now holds and the first few of them."""
+    if not isinstance(event, dg.Output | dg.AssetMaterialization):
+        return event
+    node = manifest["nodes"].get(str(plain_value(event.metadata.get("unique_id"))))
+    if node is None or node.get("resource_type") not in ("model", "seed"):
+        return event
+    return event.with_metadata({**event.metadata, **relation_metadata(con, relation_of(node))})
 
 
 def _run_results(invocation: Any) -> dict[str, Any]:

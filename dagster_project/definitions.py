@@ -55,6 +55,7 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
     translator = NudgeDbtTranslator()
     contacts_node = find_node(manifest, "stg_contacts")
     events_node = find_node(manifest, "int_events")
+    suppressions_node = find_node(manifest, "int_email_suppressions")
     automations, policy = project_automations(settings.dbt_project_dir, manifest)
 
     send = build_send_assets(
@@ -64,11 +65,14 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
                 trigger_key=translator.get_asset_key(manifest["nodes"][automation.model_unique_id]),
                 contacts_key=translator.get_asset_key(contacts_node),
                 events_key=translator.get_asset_key(events_node),
+                suppressions_key=translator.get_asset_key(suppressions_node),
             )
             for automation in automations
         ],
         contacts_relation=relation_of(contacts_node),
         events_relation=relation_of(events_node),
+        suppressions_relation=relation_of(suppressions_node),
+        suppressions_model=suppressions_node["unique_id"],
         policy=policy,
     )
     tick = dg.define_asset_job(
@@ -98,6 +102,7 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
                     "NUDGE_UNSUBSCRIBE_SECRET", settings.unsubscribe_secret.get_secret_value()
                 ),
                 batch_size=settings.send_batch_size,
+                unsubscribe_journal=str(settings.unsubscribe_journal),
             ),
         },
     )

@@ -111,6 +111,8 @@ SKIP_LABELS = {
     "exited": "exited",
     "capped": "frequency cap",
     "before_start": "before the automation's start",
+    "unsubscribed": "unsubscribed with the one-click link",
+    "suppressed": "the address bounced hard or complained",
 }
 
 

@@ -44,6 +44,8 @@ class Reason(StrEnum):
     CAPPED = "capped"  # the marketing frequency cap was reached by messages that matter more
     QUIET_HOURS = "quiet_hours"
     BEFORE_START = "before_start"  # qualified before the automation's start_at
+    UNSUBSCRIBED = "unsubscribed"  # a one-click unsubscribe recorded by `nudge serve` (marketing mail only)
+    SUPPRESSED = "suppressed"  # the address hard-bounced or complained; error says which (all mail)
 
 
 # Statuses that mean "this contact entered the automation", for re-entry rules.
@@ -158,6 +160,22 @@ def mark(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome], *, as_of: 
         where m.automation = o.automation and m.trigger_key = o.trigger_key
         """,
         {"as_of": as_of, "now": now},
+    )
+
+
+def withdraw(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome], *, now: datetime) -> None:
+    """Claimed messages that were never handed over after all (an unsubscribe landed meanwhile):
+    no attempt was made, so attempts stay as they were."""
+    if not outcomes:
+        return
+    outcome = _frame(outcomes)  # noqa: F841
+    con.execute(
+        f"""
+        update {LEDGER_TABLE} as m set status = o.status, reason = o.reason, error = o.error, updated_at = $now
+        from outcome as o
+        where m.automation = o.automation and m.trigger_key = o.trigger_key and m.status = 'pending'
+        """,
+        {"now": now},
     )
 
 

@@ -40,6 +40,10 @@ class Candidate:
     exit_event: str | None = None
     marketing_last_day: int = 0  # marketing messages to this contact in the 24 hours before the tick
     marketing_last_week: int = 0  # ... and in the 7 days before it
+    unsubscribed_at: datetime | None = None  # a one-click unsubscribe from marketing mail (nudge.unsubscribes or the journal)
+    suppression: str | None = None  # hard_bounce or complaint: the address is dead for all mail (int_email_suppressions)
+    suppressed_at: datetime | None = None
+    suppression_event_id: str | None = None
 
 
 @dataclass
@@ -113,6 +117,24 @@ def _reachable(candidate: Candidate, automation: Automation) -> Verdict | None:
         return Verdict(Status.SKIPPED, Reason.UNKNOWN_CONTACT, f"no contact {candidate.contact_id} in stg_contacts")
     if not candidate.email:
         return Verdict(Status.SKIPPED, Reason.NO_EMAIL, "the contact has no email address")
+    if candidate.suppression:
+        # Every category: mailing an address that bounced hard or complained hurts all our mail.
+        what = "bounced hard" if candidate.suppression == "hard_bounce" else "complained (reported a message as spam)"
+        when = f" at {candidate.suppressed_at:%Y-%m-%d %H:%M} UTC" if candidate.suppressed_at else ""
+        return Verdict(
+            Status.SKIPPED,
+            Reason.SUPPRESSED,
+            f"{candidate.suppression}: {candidate.email} {what}{when} (event {candidate.suppression_event_id}); "
+            "no automation mails it again",
+        )
+    if automation.is_marketing and candidate.unsubscribed_at is not None:
+        # Our own record wins over the contact source, which may not know yet.
+        return Verdict(
+            Status.SKIPPED,
+            Reason.UNSUBSCRIBED,
+            f"unsubscribed from marketing mail at {candidate.unsubscribed_at:%Y-%m-%d %H:%M:%S} UTC "
+            "with the one-click link",
+        )
     if automation.is_marketing and candidate.contact_status != "subscribed":
         return Verdict(
             Status.SKIPPED,

@@ -32,6 +32,7 @@ class SendSettings(dg.ConfigurableResource):
     unsubscribe_mailto: str
     unsubscribe_secret: str
     batch_size: int = 100
+    unsubscribe_journal: str | None = None
 
     def config(self) -> SendConfig:
         return SendConfig(
@@ -42,4 +43,5 @@ class SendSettings(dg.ConfigurableResource):
             unsubscribe_mailto=self.unsubscribe_mailto,
             unsubscribe_secret=self.unsubscribe_secret,
             batch_size=self.batch_size,
+            unsubscribe_journal=Path(self.unsubscribe_journal) if self.unsubscribe_journal else None,
         )

@@ -7,6 +7,7 @@ as one Dagster asset per automation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -35,10 +36,18 @@ from dagster_project.ledger import (
     mark_interrupted,
     pending_keys,
     record,
+    withdraw,
 )
 from dagster_project.messages import compose, message_id, sender_domain
 from dagster_project.policies import Candidate, TickState, Verdict, decide
 from dagster_project.rendering import EmailTemplate, RenderError
+from dagster_project.suppressions import (
+    UNSUBSCRIBES_TABLE,
+    UnsubscribeGuard,
+    UnsubscribeJournal,
+    ensure_unsubscribes,
+    move_to_warehouse,
+)
 from dagster_project.unsubscribe import UnsubscribeLinks, make_token, unsubscribe_links
 
 MARKETING_LIST = "marketing"
@@ -53,6 +62,9 @@ class SendConfig:
     unsubscribe_mailto: str
     unsubscribe_secret: str
     batch_size: int = 100
+    # The journal `nudge serve` appends unsubscribes to; None where no endpoint runs (then
+    # nudge.unsubscribes alone says who left).
+    unsubscribe_journal: Path | None = None
 
 
 @dataclass
@@ -72,7 +84,9 @@ class SendReport:
         return sum(self.skipped.values())
 
 
-def _candidates_sql(automation: Automation, contacts_relation: str, events_relation: str) -> str:
+def _candidates_sql(
+    automation: Automation, contacts_relation: str, events_relation: str, suppressions_relation: str | None
+) -> str:
     entered = ", ".join(f"'{status}'" for status in ENTERED)
     counted = ", ".join(f"'{status}'" for status in CAPPED_STATUSES)
     if automation.exit_events:
@@ -89,10 +103,23 @@ def _candidates_sql(automation: Automation, contacts_relation: str, events_relat
         )"""
     else:
         exits = "exits as (select null::varchar as trigger_key, null::timestamp as exited_at, null::varchar as exit_event)"
+    if suppressions_relation:
+        # int_email_suppressions: one row per dead address, lowercased and trimmed as compared here.
+        suppressions = f"""
+        suppressions as (
+            select email, reason as suppression, occurred_at as suppressed_at, event_id as suppression_event_id
+            from {suppressions_relation}
+        )"""
+    else:
+        suppressions = """
+        suppressions as (
+            select null::varchar as email, null::varchar as suppression, null::timestamp as suppressed_at,
+                   null::varchar as suppression_event_id
+        )"""
     # Retry only temporary failures and quiet-hours holds; re-deliver leftover claims only where
     # the backend dedupes.
     return f"""
-        with {exits},
+        with {exits},{suppressions},
         history as (
             select contact_id, max(coalesce(sent_at, decided_at)) as last_entered_at
             from {LEDGER_TABLE}
@@ -120,13 +147,17 @@ def _candidates_sql(automation: Automation, contacts_relation: str, events_relat
             coalesce(m.attempts, 0) as attempts,
             x.exited_at, x.exit_event,
             coalesce(k.last_day, 0) as marketing_last_day,
-            coalesce(k.last_week, 0) as marketing_last_week
+            coalesce(k.last_week, 0) as marketing_last_week,
+            u.unsubscribed_at,
+            s.suppression, s.suppressed_at, s.suppression_event_id
         from {automation.relation} as t
         left join {contacts_relation} as c on c.contact_id = t.contact_id
         left join history as h on h.contact_id = t.contact_id
         left join marketing as k on k.contact_id = t.contact_id
         left join exits as x on x.trigger_key = t.trigger_key
         left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
+        left join {UNSUBSCRIBES_TABLE} as u on u.contact_id = t.contact_id and u.list = $unsubscribe_list
+        left join suppressions as s on s.email = lower(trim(c.email))
         where t.due_at <= $as_of
           and (
               m.trigger_key is null
@@ -146,6 +177,7 @@ def _candidate_params(
         "as_of": as_of,
         "redeliver_pending": redeliver_pending,
         "marketing_automations": list(marketing_automations),
+        "unsubscribe_list": MARKETING_LIST,
     }
     if automation.exit_events:
         params["exit_events"] = list(automation.exit_events)
@@ -163,7 +195,9 @@ def count_newly_due(
     """How many of this tick's candidates were never decided and are inside their send window:
     what the circuit breaker measures. Retries and quiet-hours holds were counted when they came due."""
     ensure_ledger(con)  # the first tick measures before anything made the ledger
-    sql = _candidates_sql(automation, contacts_relation, events_relation)
+    ensure_unsubscribes(con)
+    # Suppressed addresses are candidates too (skipped with a reason): they need not be joined to be counted.
+    sql = _candidates_sql(automation, contacts_relation, events_relation, None)
     params = _candidate_params(automation, as_of, False, [])
     params["stale_before"] = as_of - automation.send_window  # the send window, as policies.decide reads it
     ((count,),) = con.sql(
@@ -269,6 +303,7 @@ def send_automation(
     as_of: datetime,
     policy: Policy,
     marketing_automations: Sequence[str],
+    suppressions_relation: str | None = None,
     clock: Callable[[], datetime] = _utcnow,
     log: Callable[[str], None] = lambda message: None,
 ) -> SendReport:
@@ -276,10 +311,20 @@ def send_automation(
 
     `backend` must already be open. The template is compiled before anything is
     claimed, so a broken template stops this automation without a trace in the ledger.
+    `suppressions_relation` (int_email_suppressions) lists the addresses no automation may
+    mail; None where the warehouse has no such model.
     """
     template = EmailTemplate.load(config.templates_dir, automation.template, category=automation.category)
     ensure_ledger(con)
+    ensure_unsubscribes(con)
     report = SendReport(automation.name)
+    journal = UnsubscribeJournal(config.unsubscribe_journal) if config.unsubscribe_journal else None
+    if journal is not None:
+        # We hold the writer lock: bring the endpoint's unsubscribes into the warehouse first,
+        # so the candidates query below sees every one recorded until now.
+        moved = move_to_warehouse(journal, con)
+        if moved:
+            log(f"{moved} unsubscribes moved from {journal.path} into {UNSUBSCRIBES_TABLE}")
 
     if not backend.dedupes:
         report.interrupted = mark_interrupted(con, automation.name, pending_keys(con, automation.name), now=clock())
@@ -288,41 +333,70 @@ def send_automation(
 
     params = _candidate_params(automation, as_of, backend.dedupes, marketing_automations)
     state = TickState()
-    sql = _candidates_sql(automation, contacts_relation, events_relation)
-    for candidates in _batches(con, sql, params, config.batch_size):
-        report.due += len(candidates)
-        decided: list[Entry] = []
-        to_deliver: list[tuple[Candidate, EmailMessage]] = []
-        now = clock()
-        for candidate in candidates:
-            verdict = decide(candidate, automation, as_of=as_of, policy=policy, state=state)
-            subject = None
-            if verdict.status == Status.PENDING:
-                try:
-                    message = _message(candidate, automation, template, config, as_of, now)
-                    subject = str(message["Subject"])
-                    to_deliver.append((candidate, message))
-                except (RenderError, ValueError) as error:
-                    verdict = Verdict(Status.SKIPPED, Reason.TEMPLATE_ERROR, str(error))
-            decided.append(_entry(candidate, automation, config, verdict, subject))
-            if verdict.status == Status.SKIPPED:
-                report.skipped[verdict.reason or "unspecified"] += 1
-            elif verdict.status == Status.HELD_OUT:
-                report.held_out += 1
-            elif verdict.status == Status.HELD:
-                report.held += 1
-
-        # Claim before handing over (one statement, so atomic): a crash from here on
-        # leaves visible `pending` rows.
-        record(con, decided, as_of=as_of, now=now)
-
-        try:
-            outcomes = _deliver(backend, automation, to_deliver, report)
-        except _Unavailable as stop:
-            mark(con, stop.outcomes, as_of=as_of, now=clock())
-            raise stop.error from None
-        mark(con, outcomes, as_of=as_of, now=clock())
+    sql = _candidates_sql(automation, contacts_relation, events_relation, suppressions_relation)
+    # Transactional mail (a receipt, a password reset) is not stopped by leaving the marketing list.
+    with UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard:
+        for candidates in _batches(con, sql, params, config.batch_size):
+            _send_batch(con, candidates, automation, template, backend, config, as_of, policy, state, guard,
+                        report, clock)
     return report
+
+
+def _send_batch(
+    con: duckdb.DuckDBPyConnection,
+    candidates: list[Candidate],
+    automation: Automation,
+    template: EmailTemplate,
+    backend: EmailBackend,
+    config: SendConfig,
+    as_of: datetime,
+    policy: Policy,
+    state: TickState,
+    guard: UnsubscribeGuard,
+    report: SendReport,
+    clock: Callable[[], datetime],
+) -> None:
+    """Decide, claim, hand over and mark one batch of candidates."""
+    report.due += len(candidates)
+    decided: list[Entry] = []
+    to_deliver: list[tuple[Candidate, EmailMessage]] = []
+    now = clock()
+    # Unsubscribes that reached the journal after the candidates query began.
+    guard.refresh()
+    for candidate in candidates:
+        unsubscribed_at = guard.unsubscribed_at(candidate.contact_id)
+        if unsubscribed_at is not None and candidate.unsubscribed_at is None:
+            candidate = dataclasses.replace(candidate, unsubscribed_at=unsubscribed_at)
+        verdict = decide(candidate, automation, as_of=as_of, policy=policy, state=state)
+        subject = None
+        if verdict.status == Status.PENDING:
+            try:
+                message = _message(candidate, automation, template, config, as_of, now)
+                subject = str(message["Subject"])
+                to_deliver.append((candidate, message))
+            except (RenderError, ValueError) as error:
+                verdict = Verdict(Status.SKIPPED, Reason.TEMPLATE_ERROR, str(error))
+        decided.append(_entry(candidate, automation, config, verdict, subject))
+        if verdict.status == Status.SKIPPED:
+            report.skipped[verdict.reason or "unspecified"] += 1
+        elif verdict.status == Status.HELD_OUT:
+            report.held_out += 1
+        elif verdict.status == Status.HELD:
+            report.held += 1
+
+    # Claim before handing over (one statement, so atomic): a crash from here on
+    # leaves visible `pending` rows.
+    record(con, decided, as_of=as_of, now=now)
+
+    withdrawn: list[Outcome] = []
+    try:
+        outcomes = _deliver(backend, automation, to_deliver, report, guard, withdrawn)
+    except _Unavailable as stop:
+        withdraw(con, withdrawn, now=clock())
+        mark(con, stop.outcomes, as_of=as_of, now=clock())
+        raise stop.error from None
+    withdraw(con, withdrawn, now=clock())
+    mark(con, outcomes, as_of=as_of, now=clock())
 
 
 def _deliver(
@@ -330,9 +404,22 @@ def _deliver(
     automation: Automation,
     to_deliver: Sequence[tuple[Candidate, EmailMessage]],
     report: SendReport,
+    guard: UnsubscribeGuard,
+    withdrawn: list[Outcome],
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for index, (candidate, message) in enumerate(to_deliver):
+        # The last look before the message leaves: an unsubscribe that landed since this
+        # batch was decided stops it (claimed, never handed over: skipped, not an attempt).
+        unsubscribed_at = guard.unsubscribed_now(candidate.contact_id)
+        if unsubscribed_at is not None:
+            withdrawn.append(Outcome(
+                automation.name, candidate.trigger_key, Status.SKIPPED, Reason.UNSUBSCRIBED,
+                f"unsubscribed from marketing mail at {unsubscribed_at:%Y-%m-%d %H:%M:%S} UTC, "
+                "after this message was claimed and before it was handed over",
+            ))
+            report.skipped[Reason.UNSUBSCRIBED] += 1
+            continue
         try:
             delivery = backend.send(message)
         except BackendUnavailable as error:

@@ -16,6 +16,7 @@ import dagster as dg
 import duckdb
 
 from dagster_project import breaker
+from dagster_project.asset_metadata import query_preview
 from dagster_project.automations import Automation, Policy
 from dagster_project.backends.base import BackendUnavailable, EmailBackend
 from dagster_project.builds import NotBuiltError, require_built
@@ -63,6 +64,7 @@ class SendTarget:
     trigger_key: dg.AssetKey
     contacts_key: dg.AssetKey
     events_key: dg.AssetKey
+    suppressions_key: dg.AssetKey | None = None  # int_email_suppressions: addresses never mailed again
 
     @property
     def key(self) -> dg.AssetKey:
@@ -74,7 +76,8 @@ def _send_spec(target: SendTarget) -> dg.AssetSpec:
     return dg.AssetSpec(
         target.key,
         group_name="send",
-        deps=[target.trigger_key, target.contacts_key, target.events_key],
+        deps=[target.trigger_key, target.contacts_key, target.events_key,
+              *([target.suppressions_key] if target.suppressions_key else [])],
         kinds={"python", "email"},
         skippable=True,
         description=(
@@ -113,8 +116,14 @@ def build_send_assets(
     contacts_relation: str,
     events_relation: str,
     policy: Policy,
+    suppressions_relation: str | None = None,
+    suppressions_model: str | None = None,
 ) -> dg.AssetsDefinition:
-    """`targets` in the order they send (see automations_from_manifest)."""
+    """`targets` in the order they send (see automations_from_manifest).
+
+    `suppressions_model` (int_email_suppressions' unique id) must be built and tested for the
+    tick like a trigger model: sending from a stale or broken list of dead addresses is
+    worse than not sending."""
     marketing = [t.automation.name for t in targets if t.automation.is_marketing]
 
     @dg.multi_asset(
@@ -151,7 +160,8 @@ def build_send_assets(
                 with email.open() as backend:
                     for target in wanted:
                         outcome = _send_one(context, con, target, backend, config, as_of, policy, marketing,
-                                            contacts_relation, events_relation, email.description, gate)
+                                            contacts_relation, events_relation, email.description, gate,
+                                            suppressions_relation, suppressions_model)
                         finished.add(target.key)
                         if isinstance(outcome, str):
                             failures.append(outcome)
@@ -188,6 +198,8 @@ def _send_one(
     events_relation: str,
     backend_description: str,
     gate: "_Gate",
+    suppressions_relation: str | None = None,
+    suppressions_model: str | None = None,
 ) -> list[dg.MaterializeResult | dg.AssetCheckResult] | str:
     """One automation's send: its materialization and breaker check, or why it did not run
     (BackendUnavailable propagates)."""
@@ -195,6 +207,8 @@ def _send_one(
     try:
         # Our own gate: a failed dbt test upstream stops this automation, whatever the orchestrator does.
         require_built(con, automation.model_unique_id, as_of)
+        if suppressions_model:
+            require_built(con, suppressions_model, as_of)
     except NotBuiltError as error:
         return f"{target.key.to_user_string()}: {error}"
     started = time.perf_counter()
@@ -216,6 +230,7 @@ def _send_one(
             as_of=as_of,
             policy=policy,
             marketing_automations=marketing,
+            suppressions_relation=suppressions_relation,
             log=context.log.info,
         )
     except TemplateError as error:
@@ -225,11 +240,19 @@ def _send_one(
         f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "
         f"{report.skipped_total} skipped, {report.held_out} held out, {report.held} held, {report.failed} failed"
     )
+    metadata = _metadata(report, backend_description, time.perf_counter() - started)
+    metadata["decisions"] = query_preview(
+        con,
+        f"""
+        select trigger_key, contact_id, status, reason, error, subject
+        from {LEDGER_TABLE}
+        where automation = $automation and (decided_at = $as_of or sent_at = $as_of)
+        order by status = 'sent' desc, status, trigger_key
+        """,
+        {"automation": automation.name, "as_of": as_of},
+    )
     return [
-        dg.MaterializeResult(
-            asset_key=target.key,
-            metadata={**_metadata(report, backend_description, time.perf_counter() - started), **state.metadata()},
-        ),
+        dg.MaterializeResult(asset_key=target.key, metadata={**metadata, **state.metadata()}),
         *gate.check_result(target, state),
     ]
 
@@ -309,6 +332,7 @@ def _ledger_results(con: duckdb.DuckDBPyConnection) -> Iterator[dg.MaterializeRe
         asset_key=LEDGER_KEY,
         metadata={
             "rows": sum(by_status.values()),
+            "dagster/row_count": sum(by_status.values()),
             **{f"status_{status}": n for status, n in sorted(by_status.items())},
             "by_automation": dg.MetadataValue.md(table),
         },

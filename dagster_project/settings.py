@@ -19,6 +19,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_UNSUBSCRIBE_SECRET = "nudge-dev-only-not-a-secret"
 
 
+def journal_path_for(warehouse: Path) -> Path:
+    """The unsubscribe journal's default place: beside the warehouse, named after it
+    (warehouse.unsubscribes.sqlite). Not warehouse.duckdb.*: removing a warehouse with
+    its .wal and .lock (`nudge demo --fresh`) must not forget who unsubscribed."""
+    return warehouse.with_name(f"{warehouse.stem}.unsubscribes.sqlite")
+
+
 class NudgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NUDGE_", extra="ignore")
 
@@ -31,6 +38,9 @@ class NudgeSettings(BaseSettings):
     postal_address: str = "Nudge Fitness, 1 Example Street, Springfield, 12345"
     unsubscribe_url: str = "https://nudge.example/unsubscribe"
     unsubscribe_mailto: str = "unsubscribe@nudge.example"
+    # Where `nudge serve` appends unsubscribes before they reach the warehouse (SQLite);
+    # default: beside the warehouse, <warehouse name>.unsubscribes.sqlite.
+    unsubscribe_journal: Path | None = None
 
     dbt_project_dir: Path = PROJECT_ROOT / "dbt_project"
     templates_dir: Path = PROJECT_ROOT / "templates"
@@ -50,6 +60,7 @@ class NudgeSettings(BaseSettings):
         return self.model_copy(
             update={
                 "warehouse": self.warehouse.resolve(),
+                "unsubscribe_journal": (self.unsubscribe_journal or journal_path_for(self.warehouse)).resolve(),
                 "landing_dir": self.landing_dir.resolve(),
                 "dbt_project_dir": self.dbt_project_dir.resolve(),
                 "templates_dir": self.templates_dir.resolve(),

@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_project.asset_metadata import plain_value
 from dagster_project.clock import as_of_tags
 from dagster_project.definitions import TICK_JOB
 from dagster_project.send_assets import SEND_STEP
@@ -34,10 +35,6 @@ class TickResult:
 
     def metadata(self, key: str, name: str, default: Any = 0) -> Any:
         return self.assets.get(key, {}).get(name, default)
-
-
-def _plain(value: Any) -> Any:
-    return getattr(value, "value", value)
 
 
 def _failure_message(error: Any) -> str:
@@ -90,7 +87,7 @@ def run_tick(
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         tick.assets[materialization.asset_key.to_user_string()] = {
-            name: _plain(value) for name, value in materialization.metadata.items()
+            name: plain_value(value) for name, value in materialization.metadata.items()
         }
     for event in result.get_step_failure_events():
         tick.failures.extend(_per_asset(event.step_key, _failure_message(event.step_failure_data.error)))

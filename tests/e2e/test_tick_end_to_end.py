@@ -127,3 +127,21 @@ def test_a_later_tick_sends_only_what_became_due(env, first_tick):
     assert len(env.emails()) == len(sent_rows(env))
     message_ids = [m["Message-ID"] for m in env.emails()]
     assert len(message_ids) == len(set(message_ids))
+
+
+def test_each_asset_shows_what_the_tick_left_behind(env, first_tick):
+    # A model: how many rows it holds now, and the first few of them.
+    welcome_rows = env.scalar("select count(*) from triggers.trg_welcome")
+    assert first_tick.metadata("trg_welcome", "dagster/row_count", None) == welcome_rows > 0
+    preview = first_tick.metadata("trg_welcome", "preview", None)
+    assert preview is not None and 0 < len(preview.records) <= 5
+    assert {"contact_id", "trigger_key", "due_at"} <= {column.name for column in preview.schema.columns}
+
+    # A send: the decisions it took this tick, sent first, and one rendered message.
+    decisions = first_tick.metadata("send_welcome", "decisions", None)
+    assert decisions is not None and decisions.records
+    assert decisions.records[0].data["status"] == "sent"
+    assert "Subject:" in first_tick.metadata("send_welcome", "sample_message", "")
+    assert first_tick.metadata("nudge/messages", "dagster/row_count", None) == env.scalar(
+        "select count(*) from nudge.messages"
+    )
