@@ -198,13 +198,14 @@ def trailing_due(con: duckdb.DuckDBPyConnection, automation: str, as_of: datetim
 def newest_event_loaded_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """When ingestion last loaded an event; None without a raw.events table (a loader's source)."""
     schema, table = FRESHNESS_TABLE.split(".")
-    exists = con.execute(
+    # fetchall, not fetchone: DuckDB keeps a half-read result open and refuses the next con.sql
+    [(exists,)] = con.execute(
         "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
-    ).fetchone()
-    if not exists or not exists[0]:
+    ).fetchall()
+    if not exists:
         return None
-    row = con.execute(f"select max({FRESHNESS_COLUMN}) from {FRESHNESS_TABLE}").fetchone()
-    return row[0] if row else None
+    [(newest,)] = con.execute(f"select max({FRESHNESS_COLUMN}) from {FRESHNESS_TABLE}").fetchall()
+    return newest
 
 
 @dataclass(frozen=True)
