@@ -137,7 +137,8 @@ def move_to_warehouse(journal: UnsubscribeJournal, con: duckdb.DuckDBPyConnectio
     journal's ids only grow (SQLite writes one transaction at a time), so the largest
     journal_id taken is where the next move starts."""
     ensure_unsubscribes(con)
-    taken = con.execute(f"select coalesce(max(journal_id), 0) from {UNSUBSCRIBES_TABLE}").fetchone()[0]
+    # fetchall, not fetchone: DuckDB keeps a half-read result open and the next con.sql refuses to run
+    taken = con.execute(f"select coalesce(max(journal_id), 0) from {UNSUBSCRIBES_TABLE}").fetchall()[0][0]
     if journal.last_id() < taken:
         taken = 0  # a new journal file (the old one was removed): its ids started again
     entries = journal.entries(after_id=taken)
@@ -150,7 +151,7 @@ def move_to_warehouse(journal: UnsubscribeJournal, con: duckdb.DuckDBPyConnectio
             for e in entries
         ]
     )
-    before = con.execute(f"select count(*) from {UNSUBSCRIBES_TABLE}").fetchone()[0]
+    before = con.execute(f"select count(*) from {UNSUBSCRIBES_TABLE}").fetchall()[0][0]
     con.execute(
         f"""
         insert into {UNSUBSCRIBES_TABLE} (contact_id, list, unsubscribed_at, source, recorded_at, journal_id)
@@ -159,7 +160,7 @@ def move_to_warehouse(journal: UnsubscribeJournal, con: duckdb.DuckDBPyConnectio
         """,
         {"now": _utcnow()},
     )
-    return con.execute(f"select count(*) from {UNSUBSCRIBES_TABLE}").fetchone()[0] - before
+    return con.execute(f"select count(*) from {UNSUBSCRIBES_TABLE}").fetchall()[0][0] - before
 
 
 def try_move_to_warehouse(journal: UnsubscribeJournal, warehouse: Path) -> int | None:
