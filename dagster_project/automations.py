@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dagster_project.breaker import BreakerConfig, BreakerPolicy
 from dagster_project.durations import parse_duration
 from dagster_project.messages import sender_domain
 
@@ -152,18 +153,20 @@ class _ProjectPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     frequency_cap: _FrequencyCap = Field(default_factory=_FrequencyCap)
     quiet_hours: _QuietHours = Field(default_factory=_QuietHours)
+    circuit_breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     defaults: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Policy:
-    """What holds across automations: the marketing frequency cap and the quiet hours."""
+    """What holds across automations: the marketing frequency cap, the quiet hours, the circuit breaker."""
 
     cap_per_day: int | None = 1
     cap_per_week: int | None = 3
     quiet_start: time = time(21, 0)
     quiet_end: time = time(8, 0)
     defaults: tuple[tuple[str, Any], ...] = ()
+    breaker: BreakerPolicy = BreakerPolicy()
 
     def in_quiet_hours(self, local: time) -> bool:
         if self.quiet_start == self.quiet_end:
@@ -189,6 +192,7 @@ def load_policy(dbt_project_dir: Path) -> Policy:
         quiet_start=policy.quiet_hours.start,
         quiet_end=policy.quiet_hours.end,
         defaults=tuple(sorted(policy.defaults.items())),
+        breaker=policy.circuit_breaker.policy(),
     )
 
 

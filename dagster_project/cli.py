@@ -72,6 +72,10 @@ def _print_tick(tick, settings: NudgeSettings) -> None:  # noqa: ANN001 (TickRes
             style="yellow",
             markup=False,
         )
+    for key, meta in sorted(tick.assets.items()):
+        if key.startswith("send_") and meta.get("breaker_tripped") and not meta.get("breaker_released_by"):
+            console.print(Text.assemble(("BREAKER ", "red"), f"{key[len('send_'):]}: {meta.get('breaker_reason')}"),
+                          soft_wrap=True)
     for failure in tick.failures:
         console.print(Text.assemble(("FAILED ", "red"), failure))
 
@@ -218,6 +222,65 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     console.print(table)
     for automation, key, contact, error in unknown:
         console.print(Text.assemble(("unknown ", "yellow"), f"{automation} {key} (contact {contact}): {error}"))
+
+
+breaker_app = typer.Typer(no_args_is_help=True, help="The circuit breaker: see why an automation stopped, release it.")
+app.add_typer(breaker_app, name="breaker")
+
+
+@breaker_app.command("release")
+def breaker_release(
+    automation: Annotated[str, typer.Argument(help="The automation whose next tick may send despite the breaker.")],
+    reason: Annotated[Optional[str], typer.Option(help="Why: kept with the release, shown by the check.")] = None,
+    by: Annotated[Optional[str], typer.Option(help="Who releases it (default: the login name).")] = None,
+) -> None:
+    """Let AUTOMATION's next tick send once despite a tripped circuit breaker."""
+    import getpass
+
+    from dagster_project import breaker
+    from dagster_project.automations import SAFE_NAME
+    from dagster_project.warehouse import connect
+
+    if not SAFE_NAME.match(automation):
+        raise typer.BadParameter(f"{automation!r} is not an automation name", param_hint="AUTOMATION")
+    settings = _settings()
+    with connect(settings.warehouse, settings.lock_timeout_seconds) as con:
+        done = breaker.release(con, automation, by=by or getpass.getuser(), reason=reason,
+                               now=datetime.now(UTC).replace(tzinfo=None))
+    console.print(f"Released {automation} for its next tick (by {done.released_by}).", markup=False, highlight=False)
+
+
+@breaker_app.command("status")
+def breaker_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Each automation's last tick: newly due, trailing median, tripped or not, and any release waiting."""
+    from dagster_project import breaker
+    from dagster_project.warehouse import connect
+
+    settings = _settings()
+    with connect(settings.warehouse, settings.lock_timeout_seconds) as con:
+        rows = breaker.status(con)
+    if as_json:
+        typer.echo(json.dumps([
+            {"automation": r.automation, "as_of": format_as_of(r.as_of) if r.as_of else None, "due": r.due,
+             "trailing_median": r.trailing_median, "tripped": r.tripped, "released": r.released, "reason": r.reason,
+             "pending_release": None if r.pending_release is None else {
+                 "released_by": r.pending_release.released_by, "reason": r.pending_release.reason,
+                 "released_at": format_as_of(r.pending_release.released_at)}}
+            for r in rows
+        ], indent=2))
+        return
+    table = Table(title="Circuit breaker")
+    for column in ("automation", "last tick", "newly due", "trailing median", "state", "pending release"):
+        table.add_column(column, justify="right" if column in ("newly due", "trailing median") else "left")
+    for r in rows:
+        state = "released" if r.tripped and r.released else "TRIPPED" if r.tripped else "ok"
+        median = "-" if r.trailing_median is None else f"{r.trailing_median:g}"
+        waiting = "-" if r.pending_release is None else f"by {r.pending_release.released_by}"
+        table.add_row(r.automation, format_as_of(r.as_of) if r.as_of else "-", str(r.due), median, state, waiting)
+    console.print(table)
+    for r in rows:
+        if r.tripped and not r.released:
+            console.print(Text.assemble(("TRIPPED ", "red"), f"{r.automation}: {r.reason}"), soft_wrap=True)
 
 
 @app.command()

@@ -169,6 +169,43 @@ def _candidates_sql(
     """
 
 
+def _candidate_params(
+    automation: Automation, as_of: datetime, redeliver_pending: bool, marketing_automations: Sequence[str]
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "automation": automation.name,
+        "as_of": as_of,
+        "redeliver_pending": redeliver_pending,
+        "marketing_automations": list(marketing_automations),
+        "unsubscribe_list": MARKETING_LIST,
+    }
+    if automation.exit_events:
+        params["exit_events"] = list(automation.exit_events)
+    return params
+
+
+def count_newly_due(
+    con: duckdb.DuckDBPyConnection,
+    automation: Automation,
+    *,
+    contacts_relation: str,
+    events_relation: str,
+    as_of: datetime,
+) -> int:
+    """How many of this tick's candidates were never decided and are inside their send window:
+    what the circuit breaker measures. Retries and quiet-hours holds were counted when they came due."""
+    ensure_ledger(con)  # the first tick measures before anything made the ledger
+    ensure_unsubscribes(con)
+    # Suppressed addresses are candidates too (skipped with a reason): they need not be joined to be counted.
+    sql = _candidates_sql(automation, contacts_relation, events_relation, None)
+    params = _candidate_params(automation, as_of, False, [])
+    params["stale_before"] = as_of - automation.send_window  # the send window, as policies.decide reads it
+    ((count,),) = con.sql(
+        f"select count(*) from ({sql}) where ledger_status is null and due_at >= $stale_before", params=params
+    ).fetchall()
+    return int(count)
+
+
 def _batches(
     con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], size: int
 ) -> Iterator[list[Candidate]]:
@@ -294,15 +331,7 @@ def send_automation(
         if report.interrupted:
             log(f"{report.interrupted} claims of an interrupted run are now 'unknown' (never resent)")
 
-    params: dict[str, Any] = {
-        "automation": automation.name,
-        "as_of": as_of,
-        "redeliver_pending": backend.dedupes,
-        "marketing_automations": list(marketing_automations),
-        "unsubscribe_list": MARKETING_LIST,
-    }
-    if automation.exit_events:
-        params["exit_events"] = list(automation.exit_events)
+    params = _candidate_params(automation, as_of, backend.dedupes, marketing_automations)
     state = TickState()
     sql = _candidates_sql(automation, contacts_relation, events_relation, suppressions_relation)
     # Transactional mail (a receipt, a password reset) is not stopped by leaving the marketing list.

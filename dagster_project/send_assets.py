@@ -10,11 +10,12 @@ the one that matters more, whatever order an orchestrator would pick for separat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import dagster as dg
 import duckdb
 
+from dagster_project import breaker
 from dagster_project.asset_metadata import query_preview
 from dagster_project.automations import Automation, Policy
 from dagster_project.backends.base import BackendUnavailable, EmailBackend
@@ -24,7 +25,7 @@ from dagster_project.dbt_assets import LEDGER_KEY
 from dagster_project.ledger import LEDGER_TABLE, ensure_ledger, status_counts
 from dagster_project.rendering import TemplateError
 from dagster_project.resources import EmailBackendResource, SendSettings
-from dagster_project.send import SendConfig, SendReport, send_automation
+from dagster_project.send import SendConfig, SendReport, count_newly_due, send_automation
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
 
 LEDGER_CHECK = "no_unknown_messages"
@@ -133,7 +134,8 @@ def build_send_assets(
                 LEDGER_CHECK,
                 asset=LEDGER_KEY,
                 description="No message is in doubt (claimed, then the run died before the backend answered).",
-            )
+            ),
+            *(_breaker_check_spec(t) for t in targets),
         ],
         can_subset=True,
         pool=WAREHOUSE_POOL,
@@ -150,20 +152,22 @@ def build_send_assets(
         config = send_settings.config()
         wanted = [target for target in targets if target.key in selected]
         finished: set[dg.AssetKey] = set()
+        released = breaker.tag_releases(context.run.tags.get(breaker.RELEASE_TAG))
         with warehouse.connect() as con:
+            gate = _Gate(context, policy, breaker.newest_event_loaded_at(con), released)
             try:
                 # One connection to the backend for the whole tick; opening it decides nothing yet.
                 with email.open() as backend:
                     for target in wanted:
                         outcome = _send_one(context, con, target, backend, config, as_of, policy, marketing,
-                                            contacts_relation, events_relation, email.description,
+                                            contacts_relation, events_relation, email.description, gate,
                                             suppressions_relation, suppressions_model)
                         finished.add(target.key)
                         if isinstance(outcome, str):
                             failures.append(outcome)
                             context.log.error(outcome)
                         else:
-                            yield outcome
+                            yield from outcome
             except BackendUnavailable as error:
                 # The one that was sending when it went down marked its unsent claims `failed`
                 # (temporary): a later tick retries them.
@@ -193,10 +197,12 @@ def _send_one(
     contacts_relation: str,
     events_relation: str,
     backend_description: str,
+    gate: "_Gate",
     suppressions_relation: str | None = None,
     suppressions_model: str | None = None,
-) -> dg.MaterializeResult | str:
-    """One automation's send: its materialization, or why it did not run (BackendUnavailable propagates)."""
+) -> list[dg.MaterializeResult | dg.AssetCheckResult] | str:
+    """One automation's send: its materialization and breaker check, or why it did not run
+    (BackendUnavailable propagates)."""
     automation = target.automation
     try:
         # Our own gate: a failed dbt test upstream stops this automation, whatever the orchestrator does.
@@ -206,6 +212,13 @@ def _send_one(
     except NotBuiltError as error:
         return f"{target.key.to_user_string()}: {error}"
     started = time.perf_counter()
+    # The other gate, also our own: a surge or stale events trips the breaker, and nothing is claimed.
+    state = gate.judge(con, target, as_of, contacts_relation, events_relation)
+    if state.blocks:
+        return [
+            dg.MaterializeResult(asset_key=target.key, metadata={"due": state.due, "sent": 0, **state.metadata()}),
+            *gate.check_result(target, state),
+        ]
     try:
         report = send_automation(
             con,
@@ -238,7 +251,70 @@ def _send_one(
         """,
         {"automation": automation.name, "as_of": as_of},
     )
-    return dg.MaterializeResult(asset_key=target.key, metadata=metadata)
+    return [
+        dg.MaterializeResult(asset_key=target.key, metadata={**metadata, **state.metadata()}),
+        *gate.check_result(target, state),
+    ]
+
+
+def _breaker_check_spec(target: SendTarget) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        breaker.CHECK_NAME,
+        asset=target.key,
+        description=(
+            "The circuit breaker did not trip: no surge of newly due qualifications against the automation's "
+            "recent ticks, and the events are fresh. Fails (ERROR) when it tripped and nothing was sent."
+        ),
+    )
+
+
+@dataclass
+class _Gate:
+    """The circuit breaker as the send step uses it: one freshness reading and one run's tag per step."""
+
+    context: dg.AssetExecutionContext
+    policy: Policy
+    newest_event_at: datetime | None
+    released_by_tag: set[str]
+
+    def judge(
+        self, con: duckdb.DuckDBPyConnection, target: SendTarget, as_of: datetime,
+        contacts_relation: str, events_relation: str,
+    ) -> breaker.BreakerState:
+        name = target.automation.name
+        due = count_newly_due(con, target.automation, contacts_relation=contacts_relation,
+                              events_relation=events_relation, as_of=as_of)
+        by_tag = f"run {self.context.run_id} (tag {breaker.RELEASE_TAG})" if name in self.released_by_tag else None
+        state = breaker.check(con, name, as_of=as_of, due=due, newest_event_at=self.newest_event_at,
+                              policy=self.policy.breaker, released_by_tag=by_tag, now=_wall_clock())
+        line = f"{name}: {state.summary}"
+        if state.blocks:
+            self.context.log.warning(line)
+        else:
+            self.context.log.info(line)
+        return state
+
+    def check_result(self, target: SendTarget, state: breaker.BreakerState) -> list[dg.AssetCheckResult]:
+        if dg.AssetCheckKey(target.key, breaker.CHECK_NAME) not in self.context.selected_asset_check_keys:
+            return []
+        # ERROR, not WARN: mail a person meant to go out is being withheld until someone looks.
+        # Not blocking and no run failure: the other automations sent, and the ledger and
+        # reports downstream are right as they are.
+        return [
+            dg.AssetCheckResult(
+                asset_key=target.key,
+                check_name=breaker.CHECK_NAME,
+                passed=not state.blocks,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=state.summary,
+                metadata=state.metadata(),
+            )
+        ]
+
+
+def _wall_clock() -> datetime:
+    """Wall clock, only for when a release was used (an audit column, never a decision)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _ledger_results(con: duckdb.DuckDBPyConnection) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:

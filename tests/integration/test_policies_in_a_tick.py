@@ -98,3 +98,15 @@ def test_the_send_step_reports_the_holds_and_skips(ticks, env):
     # decisions never change once final: the morning tick only changed the held one
     changed = {key for key in at_noon if at_noon[key] != next_morning[key]}
     assert changed == {("cart_abandoned", "c_night")}
+
+
+def test_every_automation_passes_the_circuit_breaker_and_each_tick_is_on_record(env, ticks):
+    history = env.query("select automation, as_of, due, tripped from nudge.tick_history order by all")
+    automations = set(env.categories())
+    assert {(automation, as_of) for automation, as_of, _, _ in history} == {
+        (automation, as_of) for automation in automations for as_of in (NOON, NEXT_MORNING_IN_TOKYO)
+    }
+    assert not any(tripped for *_, tripped in history)
+    due_at_noon = {automation: due for automation, as_of, due, _ in history if as_of == NOON}
+    # every planted cart came due at noon, the one that exits too: the count is of candidates, not of sends
+    assert (due_at_noon["welcome"], due_at_noon["cart_abandoned"]) == (1, 4)
