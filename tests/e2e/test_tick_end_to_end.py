@@ -131,8 +131,9 @@ def test_a_later_tick_sends_only_what_became_due(env, first_tick):
 
 def test_each_asset_shows_what_the_tick_left_behind(env, first_tick):
     # A model: how many rows it holds now, and the first few of them.
+    # Later ticks of this module add rows, so the first tick's count is at most today's.
     welcome_rows = env.scalar("select count(*) from triggers.trg_welcome")
-    assert first_tick.metadata("trg_welcome", "dagster/row_count", None) == welcome_rows > 0
+    assert 0 < first_tick.metadata("trg_welcome", "dagster/row_count", None) <= welcome_rows
     preview = first_tick.metadata("trg_welcome", "preview", None)
     assert preview is not None and 0 < len(preview.records) <= 5
     assert {"contact_id", "trigger_key", "due_at"} <= {column.name for column in preview.schema.columns}
