@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -31,6 +32,7 @@ import pyarrow
 import pyarrow.parquet as pq
 from dagster import AssetExecutionContext
 
+from dagster_project.asset_metadata import query_preview
 from dagster_project.schemas import validate_contacts, validate_events
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
 
@@ -925,7 +927,9 @@ def _top_reasons(report: IngestReport, limit: int = 5) -> str:
     return "\n".join(f"- {kind}: {count}" for kind, count in report.reject_reasons.most_common(limit))
 
 
-def materialize_result(report: IngestReport, row_count: int, max_reject_share: float) -> dg.MaterializeResult:
+def materialize_result(
+    report: IngestReport, row_count: int, max_reject_share: float, previews: dict[str, Any] | None = None
+) -> dg.MaterializeResult:
     passed = report.reject_share <= max_reject_share
     share_text = (
         f"{report.reject_share:.2%} of the {report.rows_read} rows read were rejected "
@@ -946,6 +950,7 @@ def materialize_result(report: IngestReport, row_count: int, max_reject_share: f
             "top_reject_reasons": dg.MetadataValue.md(_top_reasons(report)),
             "table_row_count": row_count,
             "dagster/row_count": row_count,
+            **(previews or {}),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -973,11 +978,23 @@ def _run_ingest(
         ensure_raw_tables(con)
         report = ingest(con, landing.directory)
         ((row_count,),) = con.execute(f"select count(*) from raw.{report.table}").fetchall()
+        # What this load brought, and what it turned away with the reason a person acts on.
+        previews = {
+            "preview": query_preview(
+                con, f"select * exclude (source_file) from raw.{report.table} order by loaded_at desc nulls last"
+            ),
+            "rejected_preview": query_preview(
+                con,
+                "select source_file, line, reason, left(raw, 200) as raw from raw.rejected_rows "
+                "where source_table = $table order by rejected_at desc nulls last, line",
+                {"table": report.table},
+            ),
+        }
     context.log.info(
         f"raw.{report.table}: {report.files_loaded} files loaded, {report.files_skipped} unchanged; "
         f"{report.rows_loaded} rows loaded, {report.rows_duplicate} duplicates, {report.rows_rejected} rejected"
     )
-    return materialize_result(report, row_count, landing.max_reject_share)
+    return materialize_result(report, row_count, landing.max_reject_share, previews)
 
 
 @dg.asset(

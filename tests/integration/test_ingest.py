@@ -664,6 +664,11 @@ def test_assets_materialize_with_metadata_and_a_passing_check(landing, sample, t
     assert events["rows_duplicate"] == summary.duplicate_event_rows
     assert events["files_loaded"] == len(list((landing / "events").iterdir())) and events["files_skipped"] == 0
     assert "not_json" in events["top_reject_reasons"]
+    # A glance at what landed and what was turned away, with the reason, in the UI.
+    assert 0 < len(events["preview"].records) <= 5
+    assert "event_id" in {column.name for column in events["preview"].schema.columns}
+    rejected = events["rejected_preview"].records
+    assert rejected and all(record.data["reason"] for record in rejected)
     contacts = materialization_metadata(result, CONTACTS_KEY)
     assert contacts["rows_loaded"] == summary.contacts == contacts["table_row_count"]
     for key in (EVENTS_KEY, CONTACTS_KEY):
