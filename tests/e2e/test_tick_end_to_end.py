@@ -144,5 +144,5 @@ def test_each_asset_shows_what_the_tick_left_behind(env, first_tick):
     assert decisions.records[0].data["status"] == "sent"
     assert "Subject:" in first_tick.metadata("send_welcome", "sample_message", "")
     assert first_tick.metadata("nudge/messages", "dagster/row_count", None) == env.scalar(
-        "select count(*) from nudge.messages"
+        "select count(*) from nudge.messages where decided_at <= ?", [EARLIER]
     )
