@@ -240,7 +240,9 @@ def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str,
         # Strings, and integers (a numeric id is still an id); anything else is a mistake worth naming.
         wrong = value.is_not_null() & ~(is_string | value.str.contains(r"^-?[0-9]+$"))
         exprs.append(pl.when(~wrong).then(text).alias(name))
-        errors.append(pl.when(wrong).then(pl.lit(f"{name} must be text, got ") + value))
+        # quoted shortly, as schemas.quote does: a reason names the value, it does not hold a 5 MB object
+        shown = pl.when(value.str.len_chars() > 80).then(value.str.slice(0, 77) + pl.lit("...")).otherwise(value)
+        errors.append(pl.when(wrong).then(pl.lit(f"{name} must be text, got ") + shown))
     field_errors = pl.concat_str(errors, separator="; ", ignore_nulls=True) if errors else pl.lit(None, dtype=pl.String)
     exprs.append(pl.when(field_errors != "").then(field_errors).alias("field_errors"))
     out = values.select(exprs)

@@ -739,3 +739,75 @@ if SEED is not None:
     test_fuzzed_landing_files_are_loaded_or_rejected_never_lost = seed(SEED)(
         test_fuzzed_landing_files_are_loaded_or_rejected_never_lost
     )
+
+
+# --- what the fuzz test found: each a small regression --------------------------------------------
+# (plain tests rather than @example: the property draws Parquet column types while it writes, and
+# hypothesis refuses explicit examples for a test that draws interactively)
+
+
+def load_events(tmp_path: Path, name: str, write) -> tuple:
+    folder = tmp_path / "landing" / "events"
+    folder.mkdir(parents=True)
+    write(folder / name)
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    report = ingest_events(con, tmp_path / "landing")
+    rejected = con.execute("select line, raw, reason from raw.rejected_rows order by line").fetchall()
+    loaded = con.execute("select event_id from raw.events order by 1").fetchall()
+    con.close()
+    return report, rejected, loaded
+
+
+def test_a_rejected_parquet_row_with_a_bytes_column_is_quoted_not_a_crash(tmp_path):
+    # polars panicked ("Writing BinaryView to JSON") while quoting the rejected row
+    table = pa.table(
+        {
+            "event_id": pa.array([b"e_1", b"e_\xff"], pa.binary()),
+            "contact_id": ["c_1", "c_1"],
+            "name": ["x", "x"],
+            "occurred_at": ["2026-10-31T10:00:00Z", "2026-10-31T10:00:00Z"],
+        }
+    )
+    report, rejected, _ = load_events(tmp_path, "bytes.parquet", lambda path: pq.write_table(table, path))
+    assert (report.rows_read, report.rows_rejected) == (2, 2)
+    assert [orjson.loads(raw)["event_id"] for _, raw, _ in rejected] == ["e_1", "e_\ufffd"]
+    assert all(reason == "event_id must be text, not a Binary value" for _, _, reason in rejected)
+
+
+def test_a_moment_outside_years_1_to_9999_in_utc_is_rejected_with_its_reason(tmp_path):
+    # was loaded as year 0 / year 10000, which no Python datetime holds: the rejection of another
+    # field on the same row crashed, and so would anything reading the event later
+    lines = [
+        {"event_id": "e_1", "contact_id": "c", "name": "x", "occurred_at": "0001-01-01T00:00:00+14:00"},
+        {"event_id": "e_2", "contact_id": "c", "name": "x", "occurred_at": "9999-12-31T23:59:59-12:00"},
+        {"event_id": "e_3", "contact_id": "c", "name": "x", "occurred_at": "9999-12-31T23:59:60Z", "properties": []},
+        {"event_id": "e_4", "contact_id": "c", "name": "x", "occurred_at": "0001-01-01T14:00:00+14:00"},
+    ]
+    write = lambda path: path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines))  # noqa: E731
+    report, rejected, loaded = load_events(tmp_path, "edges.jsonl", write)
+    assert (report.rows_loaded, report.rows_rejected) == (1, 3) and loaded == [("e_4",)]
+    assert report.reject_reasons["occurred_at_out_of_range"] == 3
+    assert all("outside the years 1 to 9999 once converted to UTC" in reason for _, _, reason in rejected)
+
+
+def test_properties_nested_past_the_limit_are_rejected_not_stored(tmp_path):
+    # stored as they came, they broke json.loads in the send step (RecursionError near 1,000 levels)
+    lines = [
+        '{"event_id":"ok","contact_id":"c","name":"x","occurred_at":"2026-10-31T10:00:00Z","properties":'
+        + deep(256).text + "}",
+        '{"event_id":"deep","contact_id":"c","name":"x","occurred_at":"2026-10-31T10:00:00Z","properties":'
+        + deep(3_000).text + "}",
+    ]
+    write = lambda path: path.write_text("\n".join(lines))  # noqa: E731
+    report, rejected, loaded = load_events(tmp_path, "deep.jsonl", write)
+    assert loaded == [("ok",)]
+    assert [(line, reason) for line, _, reason in rejected] == [
+        (2, "properties are nested more than 256 levels deep: flatten them")
+    ]
+
+
+def test_a_wrong_type_reason_quotes_a_huge_value_shortly(tmp_path):
+    line = {"event_id": {"big": "y" * 5_000}, "contact_id": "c", "name": "x", "occurred_at": "2026-10-31T10:00:00Z"}
+    report, rejected, _ = load_events(tmp_path, "big.jsonl", lambda path: path.write_bytes(orjson.dumps(line)))
+    ((_, _, reason),) = rejected
+    assert reason.startswith('event_id must be text, got {"big":"yyy') and len(reason) < 200
