@@ -313,7 +313,10 @@ def explain(
 ) -> pl.DataFrame:
     """One rejection per failing row: its index, every reason joined, and their kinds."""
     indexes = sorted(failed_checks)
-    rows = frame[indexes].to_dicts() if indexes else []
+    # Only the parsed fields: a row's original Parquet values (`_original`) may hold what no Python
+    # object can (a timestamp in year 0), and no reason reads them.
+    fields = frame.select(pl.exclude("^_.*$"))
+    rows = fields[indexes].to_dicts() if indexes else []
     out_reasons: list[str] = []
     out_kinds: list[list[str]] = []
     for index, row in zip(indexes, rows):

@@ -352,6 +352,8 @@ def json_text(value) -> str:
         return "{" + ",".join(orjson.dumps(str(k)).decode() + ":" + json_text(v) for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ",".join(json_text(v) for v in value) + "]"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # JSON numbers have no size limit; orjson's have 64 bits
     return orjson.dumps(value).decode()
 
 
@@ -811,3 +813,22 @@ def test_a_wrong_type_reason_quotes_a_huge_value_shortly(tmp_path):
     report, rejected, _ = load_events(tmp_path, "big.jsonl", lambda path: path.write_bytes(orjson.dumps(line)))
     ((_, _, reason),) = rejected
     assert reason.startswith('event_id must be text, got {"big":"yyy') and len(reason) < 200
+
+
+def test_a_rejected_parquet_row_whose_zone_shows_year_0_is_explained(tmp_path):
+    # 0001-01-01T05:00Z is a fine moment, but in a column zoned -12:00 it reads 0000-12-31T17:00; explaining
+    # the row's rejection turned its original values into Python objects: "year 0 is out of range"
+    micros = [(datetime(1, 1, 1, 5) - datetime(1970, 1, 1)) // timedelta(microseconds=1)]
+    table = pa.table(
+        {
+            "event_id": ["e_1"],
+            "contact_id": ["c_1"],
+            "name": [""],  # the rejection that has to be explained
+            "occurred_at": pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="-12:00")),
+        }
+    )
+    report, rejected, _ = load_events(tmp_path, "edge.parquet", lambda path: pq.write_table(table, path))
+    ((line, raw, reason),) = rejected
+    assert (report.rows_rejected, line) == (1, 1)
+    assert reason.startswith("name is missing or empty")
+    assert orjson.loads(raw)["occurred_at"].startswith("0000-12-31T17:00:00")
