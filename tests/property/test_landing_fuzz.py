@@ -17,10 +17,11 @@ contract:
   an id already loaded (events: the first row of an id wins; contacts: the newest updated_at wins),
   every row it knows is bad is in raw.rejected_rows, at its file and line, quoting its text, with a
   short reason that names what is wrong;
-- loading the same files again, unchanged or touched, changes no table.
+- loading the same files again (touched, so they are read again) changes no table.
 
-Runs ~150 examples (fixed seed) in `make test`; NUDGE_FUZZ_EXAMPLES=5000 runs more, with fresh
-random inputs each time (NUDGE_FUZZ_SEED=<n> repeats one such run).
+Runs 60 examples (fixed seed, about a minute) in `make test`; NUDGE_FUZZ_EXAMPLES=5000 runs more,
+with fresh random inputs each time (NUDGE_FUZZ_SEED=<n> repeats one such run, NUDGE_FUZZ_NO_SHRINK=1
+skips the minutes hypothesis may spend shrinking a failing folder).
 """
 
 from __future__ import annotations
@@ -31,22 +32,21 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from unittest import mock
 
 import duckdb
 import orjson
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hypothesis import HealthCheck, Phase, example, given, seed, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 import dagster_project.ingest as ingest_module
 from dagster_project.ingest import ingest_contacts, ingest_events
 
-EXAMPLES = int(os.environ.get("NUDGE_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("NUDGE_FUZZ_EXAMPLES", "60"))
 BY_HAND = "NUDGE_FUZZ_EXAMPLES" in os.environ
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -133,7 +133,7 @@ def deep(depth: int) -> Raw:
 good_properties = st.one_of(
     st.none(),
     st.dictionaries(exotic_text, json_value, max_size=5),
-    st.builds(lambda n, c: {"big": c * n}, st.sampled_from([10_000, 200_000]), st.sampled_from(["x", "é", "😀"])),
+    st.builds(lambda n, c: {"big": c * n}, st.sampled_from([10_000, 100_000]), st.sampled_from(["x", "é", "😀"])),
     st.builds(lambda n: {"wide": {f"k{i}": i for i in range(n)}}, st.sampled_from([1_000, 5_000])),
     st.sampled_from([20, 256]).map(deep),
 )
@@ -715,10 +715,8 @@ def run_property(plan: dict, draw) -> None:
                 assert isinstance(json.loads(text), dict), f"stored properties are no JSON object: {text[:80]}"
             before = snapshot(con)
 
-            # unchanged files are skipped; touched files are read again and change nothing
-            for table in ("events", "contacts"):
-                again = ingest(con, table, landing)
-                assert (again.files_loaded, again.rows_read) == (0, 0)
+            # files touched (so not skipped as unchanged: test_ingest shows that) are read again, and
+            # change nothing
             for files in written.values():
                 for w in files:
                     stat = w.path.stat()
