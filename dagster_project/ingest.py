@@ -17,6 +17,7 @@ their contact; a row with neither id is rejected.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the asset functions' type hints at runtime.
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -241,7 +242,9 @@ def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str,
         # Strings, and integers (a numeric id is still an id); anything else is a mistake worth naming.
         wrong = value.is_not_null() & ~(is_string | value.str.contains(r"^-?[0-9]+$"))
         exprs.append(pl.when(~wrong).then(text).alias(name))
-        errors.append(pl.when(wrong).then(pl.lit(f"{name} must be text, got ") + value))
+        # quoted shortly, as schemas.quote does: a reason names the value, it does not hold a 5 MB object
+        shown = pl.when(value.str.len_chars() > 80).then(value.str.slice(0, 77) + pl.lit("...")).otherwise(value)
+        errors.append(pl.when(wrong).then(pl.lit(f"{name} must be text, got ") + shown))
     field_errors = pl.concat_str(errors, separator="; ", ignore_nulls=True) if errors else pl.lit(None, dtype=pl.String)
     exprs.append(pl.when(field_errors != "").then(field_errors).alias("field_errors"))
     out = values.select(exprs)
@@ -399,7 +402,38 @@ def _with_original_rows(text_frame: pl.DataFrame, original: pl.DataFrame) -> pl.
     """
     if original.width == 0:
         return text_frame
+    original = original.with_columns(_json_encodable(original.get_column(name)) for name in original.columns)
     return text_frame.with_columns(original.select(pl.struct(pl.all()).alias("_original")).to_series())
+
+
+def _has_binary(dtype: pl.DataType) -> bool:
+    if dtype == pl.Binary:
+        return True
+    if isinstance(dtype, pl.Struct):
+        return any(_has_binary(f.dtype) for f in dtype.fields)
+    inner = getattr(dtype, "inner", None)
+    return inner is not None and _has_binary(inner)
+
+
+def _bytes_as_text(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _json_encodable(column: pl.Series) -> pl.Series:
+    """polars cannot write bytes as JSON (it panics), so bytes become text, as the row's raw shows them.
+
+    A bytes column (old Spark and Hive write strings so) is read as UTF-8; a nested one is kept as its
+    JSON text.
+    """
+    if column.dtype == pl.Binary:
+        texts = [None if v is None else v.decode("utf-8", errors="replace") for v in column.to_list()]
+        return pl.Series(column.name, texts, dtype=pl.String)
+    if _has_binary(column.dtype):
+        texts = [None if v is None else orjson.dumps(v, default=_bytes_as_text).decode() for v in column.to_list()]
+        return pl.Series(column.name, texts, dtype=pl.String)
+    return column
 
 
 def _read_csv(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> Iterator[pl.DataFrame]:
@@ -447,9 +481,15 @@ READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
 _ISO_WITH_OFFSET = "%Y-%m-%dT%H:%M:%S%.f%#z"  # %#z: Z, +01:00, +0100 or +01
 
 
+# The moments a warehouse timestamp, Python and every dbt adapter can all hold. 0001-01-01T00:00+14:00
+# is in year 0 in UTC, and such a value breaks whatever reads it as a datetime later (even the reason).
+EARLIEST_UTC, LATEST_UTC = datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999)
+
+
 def _to_utc(text: pl.Series) -> pl.Series:
     parsed = text.str.to_datetime(_ISO_WITH_OFFSET, strict=False, time_unit="us")
-    return parsed.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    utc = parsed.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return pl.select(pl.when(utc.is_between(EARLIEST_UTC, LATEST_UTC)).then(utc)).to_series().alias(text.name)
 
 
 def parse_timestamps(text: pl.Series) -> pl.Series:
@@ -485,7 +525,41 @@ def _parse_flag(column: str) -> pl.Expr:
     )
 
 
+# Properties nested deeper than this are refused: Python's json (the send step's reader) gives up
+# near 1,000 levels and orjson at 1,024, so a row that deep would crash every run that touched it.
+MAX_PROPERTIES_DEPTH = 256
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _json_depth(text: str) -> int:
+    depth = deepest = 0
+    for char in _JSON_STRING.sub("", text):
+        if char in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "}]":
+            depth -= 1
+    return deepest
+
+
+def _too_deep(properties: pl.Series) -> pl.Series:
+    """Whether each properties text nests deeper than MAX_PROPERTIES_DEPTH; only long texts can."""
+    long = (properties.str.len_bytes() > 2 * MAX_PROPERTIES_DEPTH).fill_null(False)
+    deep = pl.Series([False] * len(properties), dtype=pl.Boolean)
+    if long.any():
+        positions = long.arg_true()
+        depths = [_json_depth(text) > MAX_PROPERTIES_DEPTH for text in properties.gather(positions).to_list()]
+        deep = deep.scatter(positions, pl.Series(depths, dtype=pl.Boolean))
+    return deep
+
+
 def typed_frame(text_frame: pl.DataFrame, fields: dict[str, str]) -> pl.DataFrame:
+    if "properties" in fields and text_frame.height:
+        deep = _too_deep(text_frame.get_column("properties"))
+        if deep.any():
+            message = pl.lit(f"properties are nested more than {MAX_PROPERTIES_DEPTH} levels deep: flatten them")
+            errors = _append_error(pl.col("field_errors"), pl.lit(deep), message)
+            text_frame = text_frame.with_columns(errors.alias("field_errors"))
     exprs: list[pl.Expr] = []
     for name, kind in fields.items():
         if kind == FLAG:

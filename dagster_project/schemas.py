@@ -25,6 +25,11 @@ TIMESTAMP_EXAMPLE = "2026-10-31T21:14:05+01:00"
 
 # What a timestamp without an offset looks like: the one mistake worth its own, precise reason.
 _LOCAL_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+# A timestamp with an offset at the first or last day of the calendar (or past it), which ingest
+# rejects when its UTC moment falls outside 0001-01-01..9999-12-31.
+_EDGE_OF_TIME = re.compile(
+    r"^(0000-|0001-01-01|9999-12-31|\d{5,}-)[\d\-]*[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([zZ]|[+-]\d{2}(:?\d{2})?)$"
+)
 _MAX_QUOTED = 80
 
 
@@ -216,6 +221,12 @@ def timestamp_problem(field: str, text: str | None) -> Reason:
             f"{field} {quote(text)} has no UTC offset, so the moment is ambiguous: "
             f"an offset is required, e.g. {text.replace(' ', 'T')}Z or {text.replace(' ', 'T')}+01:00",
         )
+    if _EDGE_OF_TIME.match(text):
+        return (
+            f"{field}_out_of_range",
+            f"{field} {quote(text)} is outside the years 1 to 9999 once converted to UTC, which the warehouse "
+            "cannot hold: check the year (a placeholder date?)",
+        )
     return (
         f"bad_{field}",
         f"{field} {quote(text)} is not an ISO 8601 timestamp with offset, e.g. {TIMESTAMP_EXAMPLE}",
@@ -302,7 +313,10 @@ def explain(
 ) -> pl.DataFrame:
     """One rejection per failing row: its index, every reason joined, and their kinds."""
     indexes = sorted(failed_checks)
-    rows = frame[indexes].to_dicts() if indexes else []
+    # Only the parsed fields: a row's original Parquet values (`_original`) may hold what no Python
+    # object can (a timestamp in year 0), and no reason reads them.
+    fields = frame.select(pl.exclude("^_.*$"))
+    rows = fields[indexes].to_dicts() if indexes else []
     out_reasons: list[str] = []
     out_kinds: list[list[str]] = []
     for index, row in zip(indexes, rows):
