@@ -19,7 +19,7 @@ contract:
   short reason that names what is wrong;
 - loading the same files again (touched, so they are read again) changes no table.
 
-Runs 60 examples (fixed seed, about a minute) in `make test`; NUDGE_FUZZ_EXAMPLES=5000 runs more,
+Runs 40 examples (fixed seed, under a minute) in `make test`; NUDGE_FUZZ_EXAMPLES=5000 runs more,
 with fresh random inputs each time (NUDGE_FUZZ_SEED=<n> repeats one such run, NUDGE_FUZZ_NO_SHRINK=1
 skips the minutes hypothesis may spend shrinking a failing folder).
 """
@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 import dagster_project.ingest as ingest_module
 from dagster_project.ingest import ingest_contacts, ingest_events
 
-EXAMPLES = int(os.environ.get("NUDGE_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("NUDGE_FUZZ_EXAMPLES", "40"))
 BY_HAND = "NUDGE_FUZZ_EXAMPLES" in os.environ
 FUZZ = settings(
     max_examples=EXAMPLES,
