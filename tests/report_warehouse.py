@@ -5,12 +5,18 @@ Faster than a demo's two ticks (which rebuild every model twice): only the repor
 their parents (stg_events, int_identity_map, int_events) are built, on rows planted the way
 the send step and ingestion write them. The engagement events come from the demo's own module
 (sample_engagement), so the report sees what `nudge demo` makes it see.
+
+The build is the same for every test file (seeded), so a test session builds it once, under a
+file lock shared by the xdist workers, and hands each module a copy of its own (one module may
+hold a writer on its copy while another reads).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pytest
 
 from dagster_project.automations import project_automations
 from dagster_project.ingest import ensure_raw_tables
@@ -105,4 +112,30 @@ def build_report_warehouse(root: Path, seed: int = 5) -> Path:
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return warehouse
+
+
+def report_warehouse_copy(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Path:
+    """A copy in `root` of build_report_warehouse's warehouse, built once per test session.
+
+    Under xdist every worker has a base temporary folder of its own inside one for the session
+    (the pattern pytest-xdist documents for session-wide data); the lock makes the first worker
+    build and the others wait for it and copy."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    built = shared / "report-warehouse"
+    with open(shared / "report-warehouse.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (built / "built").exists():
+                shutil.rmtree(built, ignore_errors=True)  # a build that failed half-way
+                build_report_warehouse(built)
+                (built / "built").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    root.mkdir(parents=True, exist_ok=True)
+    warehouse = root / "warehouse.duckdb"
+    shutil.copy(built / "warehouse.duckdb", warehouse)
+    if (built / "warehouse.duckdb.wal").exists():
+        shutil.copy(built / "warehouse.duckdb.wal", root / "warehouse.duckdb.wal")
     return warehouse

@@ -2,9 +2,10 @@
 
 The report is `nudge report` over a warehouse whose reporting models dbt built from a planted
 ledger and the demo's own engagement events (tests/report_warehouse.py). Chromium runs the
-page's scripts, then prints the DOM or writes a PNG: the charts must have drawn (plotly's SVG
-with marks in it), no script may have failed (the page's error hook and Chromium's console
-log), and the screenshot must be a picture rather than a blank page.
+page's scripts, then prints the DOM and writes a PNG of that same page load (one launch per
+page: `--dump-dom` beside `--screenshot`): the charts must have drawn (plotly's SVG with marks
+in it), no script may have failed (the page's error hook and Chromium's console log), and the
+screenshot must be a picture rather than a blank page.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from dagster_project.chromium import dump_dom, find_chromium, screenshot
+from dagster_project.chromium import PageRun, find_chromium, screenshot
 from dagster_project.cli import app
-from tests.report_warehouse import build_report_warehouse
+from tests.report_warehouse import report_warehouse_copy
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None,
@@ -29,10 +30,15 @@ pytestmark = pytest.mark.skipif(
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND"
 
 
+def load(url: str, png, *, width: int, height: int) -> PageRun:
+    """One Chromium launch: the PNG written to `png`, and the DOM of the same load on stdout."""
+    return screenshot(url, png, width=width, height=height, extra_flags=(OFFLINE, "--dump-dom"))
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, dbt_manifest):
     root = tmp_path_factory.mktemp("browser")
-    warehouse = build_report_warehouse(root)
+    warehouse = report_warehouse_copy(tmp_path_factory, root)
     out = root / "report.html"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NUDGE_WAREHOUSE", str(warehouse))
@@ -42,8 +48,13 @@ def report(tmp_path_factory, dbt_manifest):
 
 
 @pytest.fixture(scope="module")
-def rendered(report):
-    return dump_dom(report.as_uri(), extra_flags=(OFFLINE,))
+def report_png(report):
+    return report.parent / "report.png"
+
+
+@pytest.fixture(scope="module")
+def rendered(report, report_png):
+    return load(report.as_uri(), report_png, width=1280, height=1400)
 
 
 def html_attributes(dom: str) -> str:
@@ -84,10 +95,8 @@ def test_no_script_failed(rendered):
     assert rendered.console_errors == []
 
 
-def test_the_screenshot_is_a_picture_of_charts(report, tmp_path):
-    png = tmp_path / "report.png"
-    screenshot(report.as_uri(), png, width=1280, height=1400, extra_flags=(OFFLINE,))
-    image = Image.open(png).convert("RGB")
+def test_the_screenshot_is_a_picture_of_charts(rendered, report_png):
+    image = Image.open(report_png).convert("RGB")
     assert image.size == (1280, 1400)
     colours = Counter(image.getdata())
     _, most = colours.most_common(1)[0]
@@ -105,9 +114,8 @@ def test_a_preview_renders_in_chromium(report, tmp_path):
         result = CliRunner().invoke(app, ["preview", "welcome", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "sample contact" in result.output
-    page = dump_dom(out.as_uri(), extra_flags=(OFFLINE,))
+    png = tmp_path / "welcome.png"
+    page = load(out.as_uri(), png, width=800, height=900)
     assert "Sam" in page.stdout and "{{" not in page.stdout
     assert page.console_errors == []
-    png = tmp_path / "welcome.png"
-    screenshot(out.as_uri(), png, width=800, height=900, extra_flags=(OFFLINE,))
     assert len(set(Image.open(png).convert("RGB").getdata())) > 50

@@ -16,12 +16,12 @@ from dagster_project.automations import project_automations
 from dagster_project.cli import app
 from dagster_project.ledger import ensure_ledger
 from dagster_project.settings import PROJECT_ROOT
-from tests.report_warehouse import build_report_warehouse
+from tests.report_warehouse import report_warehouse_copy
 
 
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory, dbt_manifest):
-    return build_report_warehouse(tmp_path_factory.mktemp("report"))
+    return report_warehouse_copy(tmp_path_factory, tmp_path_factory.mktemp("report"))
 
 
 def query(warehouse, sql: str) -> list[tuple]:
