@@ -20,8 +20,10 @@ suppressions.py), never waited for.
 from __future__ import annotations
 
 import html
+import time
 import logging
 from email.utils import parseaddr
+from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from starlette.applications import Starlette
@@ -39,6 +41,8 @@ log = logging.getLogger("nudge.serve")
 
 # A one-click body is 26 bytes and the page's form a token more; anything large is not ours.
 MAX_BODY_BYTES = 16 * 1024
+MOVE_ATTEMPTS = 10
+MOVE_PAUSE_SECONDS = 0.5
 
 # The token is in the URL: keep it out of other sites' Referer headers, caches and search indexes.
 _HEADERS = {
@@ -117,8 +121,16 @@ def create_app(settings: NudgeSettings) -> Starlette:
             "You are unsubscribed",
             f"<p>You will get no more {html.escape(list_id)} emails from {html.escape(sender)}.</p>",
             # After the answer: into the warehouse if nobody is writing it right now (else the next send does it).
-            background=BackgroundTask(try_move_to_warehouse, journal, settings.warehouse),
+            background=BackgroundTask(_move_soon, journal, settings.warehouse),
         )
+
+    def _move_soon(journal: UnsubscribeJournal, warehouse: Path) -> None:
+        # A reader (nudge status, a report) holds the file for moments: try a few times over a
+        # few seconds. A tick holds it far longer; then its own send moves the journal.
+        for _attempt in range(MOVE_ATTEMPTS):
+            if try_move_to_warehouse(journal, warehouse) is not None:
+                return
+            time.sleep(MOVE_PAUSE_SECONDS)
 
     async def healthz(request: Request) -> Response:
         try:

@@ -7,41 +7,15 @@ cannot, so they become `unknown` and are never handed over again.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import duckdb
 import pytest
+from send_warehouse import AS_OF, send
 
-from dagster_project.automations import Policy, automation_from_node
 from dagster_project.backends import backend_from_url
 from dagster_project.ledger import Entry, ensure_ledger, record
 from dagster_project.messages import message_id
-from dagster_project.send import SendConfig, send_automation
-from dagster_project.settings import PROJECT_ROOT
-
-AS_OF = datetime(2026, 11, 1, 12)
-SENDER = "Nudge Fitness <hello@nudge.example>"
-
-AUTOMATION = automation_from_node(
-    {"unique_id": "model.nudge.trg_welcome", "resource_type": "model", "name": "trg_welcome", "schema": "triggers",
-     "config": {"meta": {"nudge": {"send_window": "48h", "reentry": "once"}}}}
-)
-CONFIG = SendConfig(
-    templates_dir=PROJECT_ROOT / "templates",
-    sender=SENDER,
-    postal_address="1 Example Street",
-    unsubscribe_url="https://nudge.example/unsubscribe",
-    unsubscribe_mailto="unsubscribe@nudge.example",
-    unsubscribe_secret="test-secret",
-    batch_size=2,
-)
-
-
-def send(con, backend, as_of):
-    # No cap or quiet hours here: this file is about claims, not policies.
-    return send_automation(con, AUTOMATION, contacts_relation="staging.stg_contacts",
-                           events_relation="intermediate.int_events", backend=backend, config=CONFIG, as_of=as_of,
-                           policy=Policy(cap_per_day=None, cap_per_week=None), marketing_automations=["welcome"])
 
 
 @pytest.fixture
