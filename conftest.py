@@ -37,3 +37,27 @@ def _newest_source(project_dir) -> float:
     for folder in ("models", "macros", "tests", "seeds"):
         sources += [path for path in (project_dir / folder).rglob("*") if path.is_file()]
     return max(path.stat().st_mtime for path in sources)
+
+
+# The files that run whole ticks take minutes each; the rest take seconds. pytest-xdist hands
+# out files in collection order, so the long ones go first and the short ones fill in around
+# them; collected last, one long file would run alone on one core while the other sits idle.
+LONG_FILES = (
+    "tests/e2e/test_cli.py",
+    "tests/e2e/test_backtest.py",
+    "tests/integration/test_dbt_unit_tests.py",
+    "tests/e2e/test_smtp_tick.py",
+    "tests/e2e/test_tick_end_to_end.py",
+    "tests/integration/test_policies_in_a_tick.py",
+    "tests/security/test_secrets.py",
+    "tests/integration/test_email_suppressions.py",
+    "tests/e2e/test_overlapping_ticks.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: within a file, and among the short files, the order is pytest's
