@@ -92,18 +92,20 @@ def engagement_events(
         automation, sent_at = message["automation"], message["sent_at"]
         serial = 0
 
-        def emit(name: str, moment: datetime, properties: dict) -> bool:
+        def emit(name: str, moment: datetime, properties: dict, *, about_the_message: bool = True) -> bool:
             nonlocal serial
             if moment > until:
                 return False
             serial += 1
             key = hashlib.sha256(f"{message['message_id']}\0{serial}".encode()).hexdigest()[:16]
+            if about_the_message:
+                properties = {"message_id": message["message_id"], "email": message["email"], **properties}
             rows.append({
                 "event_id": f"e_mail_{key}",
                 "contact_id": message["contact_id"],
                 "name": name,
                 "occurred_at": _iso(moment),
-                "properties": {"message_id": message["message_id"], "email": message["email"], **properties},
+                "properties": properties,
             })
             return True
 
@@ -130,17 +132,10 @@ def engagement_events(
         if automation in goals and rng.random() < CONVERT_RATE_OF_CLICKS:
             goal, window = goals[automation]
             converted_at = clicked_at + min(timedelta(minutes=rng.randint(2, 240)), window)
-            # the goal is the product's own event: it carries no message_id
+            # the goal is the product's own event: it carries no message_id (its properties draw
+            # from the seeded generator, so only for a goal that happens before `until`)
             if converted_at <= until:
-                serial += 1
-                key = hashlib.sha256(f"{message['message_id']}\0{serial}".encode()).hexdigest()[:16]
-                rows.append({
-                    "event_id": f"e_mail_{key}",
-                    "contact_id": message["contact_id"],
-                    "name": goal,
-                    "occurred_at": _iso(converted_at),
-                    "properties": _goal_properties(goal, rng, automation),
-                })
+                emit(goal, converted_at, _goal_properties(goal, rng, automation), about_the_message=False)
     return rows
 
 
