@@ -35,6 +35,12 @@ run: prepare
 test: prepare
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# Speed and memory beside their lower bounds (not part of `make test`): 1M and 10M events by
+# default; BENCH_ARGS="--huge" adds 100M, "--sizes 1m" runs the small one only. Data is
+# generated once into data/bench/cache; figures go to data/bench/results.json.
+bench: prepare
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 # docs/report.png: the demo's report in headless Chromium (needs chromium installed)
 screenshot: prepare
 	$(BIN)/python scripts/screenshot_report.py

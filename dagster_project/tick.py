@@ -32,6 +32,8 @@ class TickResult:
     # asset key (as "a/b") -> the metadata its materialization reported
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # step key -> wall seconds of the steps that succeeded: where a tick's time went
+    step_seconds: dict[str, float] = field(default_factory=dict)
 
     def metadata(self, key: str, name: str, default: Any = 0) -> Any:
         return self.assets.get(key, {}).get(name, default)
@@ -89,6 +91,8 @@ def run_tick(
         tick.assets[materialization.asset_key.to_user_string()] = {
             name: plain_value(value) for name, value in materialization.metadata.items()
         }
+    for event in result.get_step_success_events():
+        tick.step_seconds[event.step_key] = event.step_success_data.duration_ms / 1000
     for event in result.get_step_failure_events():
         tick.failures.extend(_per_asset(event.step_key, _failure_message(event.step_failure_data.error)))
     return tick

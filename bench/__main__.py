@@ -1,0 +1,222 @@
+"""`make bench`: Nudge's speed and memory at a chosen size, each figure beside its lower bound.
+
+    python -m bench [--sizes 1m,10m] [--huge] [--messages 20000]
+
+For each size: the ingest rate from Parquet and from JSON Lines, a full tick on a cold
+warehouse, the same models as one plain DuckDB script (the SQL bound), an incremental
+tick after one more hour of events, and the tick's peak memory. Once: render and send
+throughput (file backend, local SMTP server) beside a bare Jinja2 loop and a bare
+smtplib loop. Prints one table and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+from rich.console import Console
+
+from bench.data import SIZES, Dataset, dataset
+from bench.figures import Figure, markdown, table
+from bench.sending import SMTP_CONNECTIONS, bench_sending
+from bench.sql_bound import compile_models, run_script, script
+from bench.tick import run_tick_process
+from dagster_project.dbt_assets import tick_target_path
+from dagster_project.ingest import ingest_contacts, ingest_events
+from dagster_project.progress import progress_bar
+
+REPO = Path(__file__).resolve().parent.parent
+DBT_PROJECT = REPO / "dbt_project"
+# Wide enough for the table when the output goes to a file or a CI log.
+console = Console(width=None if Console().is_terminal else 200)
+
+
+# Each step logs a line as it starts, and moves the progress bar (drawn on a terminal only).
+STEPS_PER_SIZE = 6
+SENDING_STEPS = 2 + len(SMTP_CONNECTIONS)
+_advance = None
+
+
+def _log(message: str) -> None:
+    console.print(f"[dim]{datetime.now():%H:%M:%S}[/dim] {message}", highlight=False)
+    if _advance is not None:
+        _advance(description=message.split(":")[0])
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """The cached landing files, hard-linked (so nothing is copied) into a run's own folder."""
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copy2(path, destination)
+
+
+def _ingest_rate(warehouse: Path, landing: Path) -> tuple[float, int, float]:
+    """Events per second through Nudge's ingest (contacts first, as a tick does, not timed)."""
+    con = duckdb.connect(str(warehouse))
+    try:
+        ingest_contacts(con, landing)
+        started = time.perf_counter()
+        report = ingest_events(con, landing)
+        seconds = time.perf_counter() - started
+    finally:
+        con.close()
+    return report.rows_read / seconds, report.rows_read, seconds
+
+
+def _read_rate(reader: str) -> float:
+    """Events per second DuckDB alone reads the same files into a table: the ingest bound
+    (no checks, no reasons for bad rows: malformed lines are skipped)."""
+    con = duckdb.connect()
+    started = time.perf_counter()
+    con.sql(f"create table events as select * from {reader}")
+    ((rows,),) = con.sql("select count(*) from events").fetchall()
+    seconds = time.perf_counter() - started
+    con.close()
+    return rows / seconds
+
+
+def _prepare_dbt(warehouse: Path) -> None:
+    """Parse once for this warehouse, as `make prepare` does for the default one: the ticks
+    then start from dbt's partial-parse state instead of parsing the project themselves."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUDGE_WAREHOUSE": str(warehouse), "DBT_PROFILES_DIR": str(DBT_PROJECT)}
+    subprocess.run([str(Path(sys.executable).with_name("dbt")), "parse", "--quiet",
+                    "--target-path", str(tick_target_path(warehouse))], cwd=DBT_PROJECT, env=env, check=True)
+
+
+def bench_size(data: Dataset, work: Path) -> list[Figure]:
+    label = data.size.label
+    counts = data.counts()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    figures: list[Figure] = []
+
+    _log(f"{label}: ingest rate from JSON Lines")
+    jsonl_rate, _, _ = _ingest_rate(work / "jsonl.duckdb", data.jsonl)
+    (work / "jsonl.duckdb").unlink()
+    figures.append(Figure(label, "ingest, JSON Lines", jsonl_rate, "events/s", _read_rate(f"read_json('{data.jsonl}/events/*.jsonl', format = 'newline_delimited', ignore_errors = true)"),
+                          "DuckDB read_json alone", target=200_000, higher_is_better=True))
+
+    landing = work / "landing"
+    _link_tree(data.history, landing)
+    warehouse = work / "warehouse" / "warehouse.duckdb"
+    warehouse.parent.mkdir()
+    _log(f"{label}: ingest rate from Parquet ({counts['history_events']:,} events)")
+    parquet_rate, loaded, _ = _ingest_rate(warehouse, landing)
+    figures.append(Figure(label, "ingest, Parquet", parquet_rate, "events/s", _read_rate(f"read_parquet('{landing}/events/*.parquet')"),
+                          "DuckDB read_parquet alone", target=1_000_000, higher_is_better=True))
+
+    env = {
+        "NUDGE_WAREHOUSE": str(warehouse),
+        "NUDGE_LANDING_DIR": str(landing),
+        "NUDGE_EMAIL_URL": f"file://{work / 'outbox'}",
+        "DAGSTER_HOME": str(work / "dagster"),
+        "DBT_PROFILES_DIR": str(DBT_PROJECT),
+    }
+    (work / "dagster").mkdir()
+    shutil.copy(REPO / ".dagster" / "dagster.yaml", work / "dagster" / "dagster.yaml")
+    _log(f"{label}: preparing dbt for this warehouse (once, not timed)")
+    _prepare_dbt(warehouse)
+
+    _log(f"{label}: full tick on the cold warehouse as of {data.cold_as_of:%Y-%m-%d %H:%M} UTC")
+    cold = run_tick_process(data.cold_as_of, env)
+    _check(cold, "full tick")
+
+    _log(f"{label}: the same models as one DuckDB script (SQL bound)")
+    bound_warehouse = work / "bound" / "warehouse.duckdb"
+    bound_warehouse.parent.mkdir()
+    shutil.copy(warehouse, bound_warehouse)
+    manifest = compile_models(DBT_PROJECT, bound_warehouse, data.cold_as_of)
+    sql_seconds, _ = run_script(bound_warehouse, script(manifest))
+    bound_warehouse.unlink()
+    figures.append(Figure(label, "full tick (cold warehouse)", cold.wall_seconds, "s", sql_seconds,
+                          "models as one DuckDB script", target=2 * sql_seconds + 10, detail=_where(cold)))
+
+    _log(f"{label}: incremental tick after one more hour ({counts['next_hour_events']:,} events)")
+    _link_tree(data.next_hour.parent, landing / "events")
+    incremental = run_tick_process(data.end, env)
+    _check(incremental, "incremental tick")
+    figures.append(Figure(label, "incremental tick (+1 hour)", incremental.wall_seconds, "s", None, "",
+                          target=15.0 if label == "10m" else None, detail=_where(incremental)))
+    figures.append(Figure(label, "peak RSS of a tick", max(cold.peak_rss_mb, incremental.peak_rss_mb), "MB", None, "",
+                          target=1536.0 if label == "10m" else None,
+                          detail=f"cold {cold.peak_rss_mb:,.0f} MB, incremental {incremental.peak_rss_mb:,.0f} MB"))
+    shutil.rmtree(work / "outbox", ignore_errors=True)
+    return figures
+
+
+def _check(run, what: str) -> None:  # noqa: ANN001
+    if not run.success:
+        raise SystemExit(f"the {what} failed: {run.failures}")
+
+
+def _where(run) -> str:  # noqa: ANN001
+    """Where a tick's time went: its steps, the models' own SQL inside dbt, and the rest."""
+    steps = run.step_seconds
+    ingest = steps.get("raw__events", 0) + steps.get("raw__contacts", 0)
+    dbt_steps = steps.get("nudge_models", 0) + steps.get("nudge_reporting", 0)
+    send = steps.get("send", 0)
+    rest = run.wall_seconds - ingest - dbt_steps - send
+    return (f"ingest {ingest:.1f} s; dbt {dbt_steps:.1f} s (models' SQL {run.dbt_model_seconds:.1f} s, "
+            f"dbt start-up and tests {dbt_steps - run.dbt_model_seconds:.1f} s); send {send:.1f} s "
+            f"({run.sent:,} sent); process start-up and Dagster {rest:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1m,10m", help="comma-separated: 100k (a quick look), 1m, 10m, 100m")
+    parser.add_argument("--huge", action="store_true", help="add the 100M-event size")
+    parser.add_argument("--messages", type=int, default=20_000, help="messages for the send and render figures")
+    parser.add_argument("--cache", type=Path, default=REPO / "data" / "bench" / "cache")
+    parser.add_argument("--out", type=Path, default=REPO / "data" / "bench" / "results.json")
+    args = parser.parse_args()
+    labels = [label.strip() for label in args.sizes.split(",") if label.strip()]
+    if args.huge and "100m" not in labels:
+        labels.append("100m")
+    unknown = [label for label in labels if label not in SIZES]
+    if unknown:
+        raise SystemExit(f"unknown size {', '.join(unknown)}: choose from {', '.join(SIZES)}")
+
+    global _advance
+    figures: list[Figure] = []
+    steps = STEPS_PER_SIZE * len(labels) + (SENDING_STEPS if args.messages else 0)
+    with progress_bar(console, "make bench", steps) as advance:
+        _advance = advance
+        for label in labels:
+            data = dataset(SIZES[label], args.cache, log=console.print)
+            figures.extend(bench_size(data, args.out.parent / f"run-{label}"))
+        if args.messages and labels:
+            # Sending does not depend on the history's size: once, on the first size's warehouse.
+            built = args.out.parent / f"run-{labels[0]}" / "warehouse" / "warehouse.duckdb"
+            figures.extend(bench_sending(args.out.parent / "send", built, DBT_PROJECT, REPO / "templates",
+                                         args.messages, log=_log))
+        _advance = None
+
+    console.print(table(figures))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "duckdb": duckdb.__version__},
+        "figures": [figure.as_json() for figure in figures],
+        "where_the_time_goes": {f"{figure.size} {figure.name}": figure.detail for figure in figures if figure.detail},
+    }, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(figures) + "\n")
+    console.print(f"Written to {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Render and send throughput through Nudge's own send path, beside bare loops.
+
+The workload: `messages` fresh qualifications of the transactional workout_completed
+automation (real trigger contexts and contacts from a benchmarked warehouse, new
+trigger keys), all due now. `send_automation` does for them what a tick does: the
+candidates query, the policies, render, compose, claim in the ledger, hand over,
+mark. Bounds: a bare Jinja2 loop over the same template files and variables, and a
+bare smtplib loop over one connection sending the same messages to the same server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import smtplib
+import time
+from collections.abc import Callable
+from datetime import time as clock_time
+from datetime import timedelta
+from email import policy as email_policy
+from pathlib import Path
+
+import duckdb
+import jinja2
+
+from bench.figures import Figure
+from bench.smtp_sink import smtp_sink
+from dagster_project.automations import Automation, Policy, find_node, project_automations
+from dagster_project.backends import backend_from_url
+from dagster_project.backends.base import EmailBackend
+from dagster_project.ledger import LEDGER_TABLE
+from dagster_project.policies import Candidate
+from dagster_project.rendering import EmailTemplate
+from dagster_project.send import SendConfig, _message, send_automation, template_variables
+
+AUTOMATION = "workout_completed"
+BURST = '"bench"."trg_burst"'
+SMTP_CONNECTIONS = (1, 4)
+BARE_SMTP_MESSAGES = 5000
+
+
+def _config(templates: Path) -> SendConfig:
+    return SendConfig(
+        templates_dir=templates, sender="Nudge Fitness <hello@nudge.example>",
+        postal_address="1 Example Street, Springfield", unsubscribe_url="https://nudge.example/unsubscribe",
+        unsubscribe_mailto="unsubscribe@nudge.example", unsubscribe_secret="bench",
+    )
+
+
+def _burst(con: duckdb.DuckDBPyConnection, as_of, messages: int) -> int:  # noqa: ANN001
+    """`messages` qualifications due now, made of real workouts of subscribed contacts."""
+    con.sql("create schema if not exists bench")
+    con.sql(f"""
+        create or replace table {BURST} as
+        select t.contact_id, 'bench:' || row_number() over (order by t.trigger_key) as trigger_key,
+               $due as qualified_at, $due as due_at, t.context
+        from triggers.trg_workout_completed as t
+        join staging.stg_contacts as c using (contact_id)
+        where c.status = 'subscribed' and c.email is not null
+        order by t.trigger_key
+        limit $messages
+    """, params={"due": as_of - timedelta(minutes=5), "messages": messages})
+    ((rows,),) = con.sql(f"select count(*) from {BURST}").fetchall()
+    return int(rows)
+
+
+def _fresh_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    con.sql(f"drop table if exists {LEDGER_TABLE}")
+
+
+def _send(con, automation: Automation, backend: EmailBackend, config: SendConfig, as_of) -> tuple[float, int]:  # noqa: ANN001
+    _fresh_ledger(con)
+    backend.open()
+    started = time.perf_counter()
+    try:
+        report = send_automation(
+            con, automation, contacts_relation='"staging"."stg_contacts"', events_relation='"intermediate"."int_events"',
+            backend=backend, config=config, as_of=as_of,
+            # quiet hours off: the figure is the send path's speed, not the clock's
+            policy=Policy(quiet_start=clock_time(0), quiet_end=clock_time(0)), marketing_automations=[],
+        )
+    finally:
+        backend.close()
+    seconds = time.perf_counter() - started
+    ((sent,),) = con.sql(f"select count(*) from {LEDGER_TABLE} where status = 'sent'").fetchall()
+    if sent != report.sent or report.sent != report.due:
+        raise RuntimeError(f"the ledger says {sent} sent, the send said {report.sent} of {report.due} due")
+    return report.sent / seconds, report.sent
+
+
+def _candidates(con: duckdb.DuckDBPyConnection) -> list[Candidate]:
+    rows = con.sql(f"""
+        select t.contact_id, t.trigger_key, t.qualified_at, t.due_at, t.context, true as has_contact,
+               c.email, c.status as contact_status, c.first_name, c.last_name, c.timezone, c.properties,
+               null as last_entered_at, null as ledger_status, 0 as attempts
+        from {BURST} as t join staging.stg_contacts as c using (contact_id)
+        order by t.trigger_key
+    """).to_arrow_table().to_pylist()
+    return [Candidate(**row) for row in rows]
+
+
+def _render_rates(templates: Path, automation: Automation, config: SendConfig, candidates: list[Candidate], as_of) -> tuple[float, float]:  # noqa: ANN001
+    """Messages per second: Nudge's EmailTemplate, and a bare Jinja2 loop over the same files."""
+    variables = [template_variables(candidate, automation, config, as_of) for candidate in candidates]
+    template = EmailTemplate.load(templates, automation.template, category=automation.category)
+    started = time.perf_counter()
+    for values in variables:
+        template.render(values)
+    ours = len(variables) / (time.perf_counter() - started)
+
+    # The same files and options, without the sandbox, CSS inlining or the link check.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=jinja2.select_autoescape(["html"]),
+                             trim_blocks=True, lstrip_blocks=True, auto_reload=False)
+    env.filters.update(_filters())
+    subject, html, text = (env.get_template(f"{automation.template}/{name}") for name in ("subject.txt", "body.html", "body.txt"))
+    started = time.perf_counter()
+    for values in variables:
+        rendered_subject = subject.render(values)
+        html.render(values, subject=rendered_subject)
+        text.render(values, subject=rendered_subject)
+    bare = len(variables) / (time.perf_counter() - started)
+    return ours, bare
+
+
+def _filters() -> dict[str, Callable]:
+    from dagster_project.rendering import money, number
+
+    return {"money": money, "number": number}
+
+
+def _bare_smtp_rate(port: int, messages: list[bytes], sender: str, recipients: list[str]) -> float:
+    """smtplib alone, one connection, the same messages already rendered: the server's pace."""
+    connection = smtplib.SMTP("127.0.0.1", port)
+    started = time.perf_counter()
+    for data, recipient in zip(messages, recipients):
+        connection.sendmail(sender, [recipient], data)
+    seconds = time.perf_counter() - started
+    connection.quit()
+    return len(messages) / seconds
+
+
+def bench_sending(work: Path, source_warehouse: Path, dbt_project: Path, templates: Path, messages: int, *, log) -> list[Figure]:  # noqa: ANN001
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    warehouse = work / "warehouse.duckdb"
+    shutil.copy(source_warehouse, warehouse)
+    automations, _ = project_automations(dbt_project, dbt_project / "target" / "manifest.json")
+    automation = next(a for a in automations if a.name == AUTOMATION)
+    automation = dataclasses.replace(automation, relation=BURST)
+    config = _config(templates)
+    con = duckdb.connect(str(warehouse))
+    try:
+        ((as_of,),) = con.sql("select max(occurred_at) from intermediate.int_events").fetchall()
+        count = _burst(con, as_of, messages)
+        candidates = _candidates(con)
+        log(f"render: {count:,} messages")
+        rendered, bare_render = _render_rates(templates, automation, config, candidates, as_of)
+        figures = [Figure("-", "render", rendered, "msg/s", bare_render, "bare Jinja2 loop", target=0.8 * bare_render,
+                          higher_is_better=True)]
+
+        log(f"send to the file backend: {count:,} messages")
+        file_rate, _ = _send(con, automation, backend_from_url(f"file://{work / 'outbox'}"), config, as_of)
+        figures.append(Figure("-", "send, file backend", file_rate, "msg/s", None, "", target=5000, higher_is_better=True))
+        shutil.rmtree(work / "outbox", ignore_errors=True)
+
+        # The bare loop's messages: the same ones, rendered and composed before the clock starts.
+        template = EmailTemplate.load(templates, automation.template, category=automation.category)
+        some = candidates[:BARE_SMTP_MESSAGES]
+        data = [_message(candidate, automation, template, config, as_of, as_of).as_bytes(policy=email_policy.SMTP)
+                for candidate in some]
+        recipients = [candidate.email for candidate in some]
+        for connections in SMTP_CONNECTIONS:
+            with smtp_sink() as sink:
+                log(f"send to a local SMTP server over {connections} connection(s): {count:,} messages")
+                before = sink.received()
+                rate, sent = _send(con, automation, backend_from_url(f"smtp://127.0.0.1:{sink.port}?connections={connections}"), config, as_of)
+                if sink.received() - before != sent:
+                    raise RuntimeError(f"the SMTP server received {sink.received() - before}, the ledger says {sent} sent")
+                bare = _bare_smtp_rate(sink.port, data, "hello@nudge.example", recipients)
+            figures.append(Figure("-", f"send, SMTP, {connections} connection{'s' if connections > 1 else ''}", rate,
+                                  "msg/s", bare, "bare smtplib loop, 1 connection", target=1500, higher_is_better=True))
+    finally:
+        con.close()
+    return figures

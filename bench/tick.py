@@ -1,0 +1,116 @@
+"""One tick in a child process, timed end to end, with the peak memory of its process tree.
+
+The child runs the same job `nudge run` runs (build_defs + run_tick); dbt runs as its
+subprocess, so memory is sampled over the whole tree, not read from the parent alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants, now."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        total += _rss_kib(current)
+        stack.extend(_children(current))
+    return total
+
+
+class PeakMemory:
+    """Samples a process tree's resident memory every `interval` seconds; keeps the highest."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval, self.peak_kib = pid, interval, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid))
+            self._done.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+@dataclass
+class TickRun:
+    wall_seconds: float
+    peak_rss_mb: float
+    success: bool
+    failures: list[str]
+    step_seconds: dict[str, float]
+    dbt_model_seconds: float  # the models' own SQL, as dbt timed it
+    sent: int
+
+
+def run_tick_process(as_of: datetime, env: dict[str, str]) -> TickRun:
+    """`nudge run --as-of` in a fresh interpreter, as the schedule would launch it."""
+    out = Path(env["NUDGE_WAREHOUSE"]).with_suffix(f".tick-{as_of:%Y%m%dT%H%M}.json")
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.tick", as_of.isoformat(), str(out)],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    with PeakMemory(process.pid) as memory:
+        log, _ = process.communicate()
+    wall = time.perf_counter() - started
+    if process.returncode != 0 or not out.exists():
+        raise RuntimeError(f"the tick as of {as_of} failed:\n{log[-4000:]}")
+    result = json.loads(out.read_text())
+    return TickRun(wall_seconds=wall, peak_rss_mb=memory.peak_kib / 1024, **result)
+
+
+def _child(as_of_text: str, out: str) -> None:
+    from dagster_project.clock import parse_as_of
+    from dagster_project.definitions import build_defs
+    from dagster_project.settings import NudgeSettings
+    from dagster_project.tick import run_tick
+
+    tick = run_tick(build_defs(NudgeSettings()), parse_as_of(as_of_text), log_level="ERROR")
+    model_seconds = sum(
+        float(metadata.get("Execution Duration", 0) or 0)
+        for key, metadata in tick.assets.items() if not key.startswith(("send_", "raw/", "nudge/"))
+    )
+    sent = sum(int(metadata.get("sent", 0) or 0) for key, metadata in tick.assets.items() if key.startswith("send_"))
+    Path(out).write_text(json.dumps({
+        "success": tick.success, "failures": tick.failures, "step_seconds": tick.step_seconds,
+        "dbt_model_seconds": model_seconds, "sent": sent,
+    }))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2])
