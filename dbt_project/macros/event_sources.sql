@@ -106,7 +106,9 @@
         {{ nudge_loader_timestamp(relation, 'timestamp', table_alias) }} as occurred_at,
         cast({{ properties }} as {{ dbt.type_string() }}) as properties,
         -- loaders carry live traffic; a backfill through them cannot be told apart, so false
-        false as is_syncing
+        false as is_syncing,
+        -- when the loader's API took the call: incremental models read what arrived since their last build
+        {{ nudge_loader_timestamp(relation, 'received_at', table_alias) }} as loaded_at
 {%- endmacro %}
 
 

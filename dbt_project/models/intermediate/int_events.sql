@@ -2,39 +2,35 @@
 
 -- Every behavioral model reads events from here: one row per event that has happened
 -- by as_of, attributed to a known contact, its own or the one its anonymous id was
--- stitched to.
+-- stitched to by as_of. The work is done once per event in int_events_stitched; the
+-- clock is applied here, so a replay of an earlier hour sees that hour's answer.
 
 with
 
-events as (
+stitched as (
 
-    select * from {{ ref('stg_events') }}
-
-),
-
-identity_map as (
-
-    select * from {{ ref('int_identity_map') }}
+    select * from {{ ref('int_events_stitched') }}
 
 ),
 
 attributed as (
 
     select
-        events.event_id,
+        event_id,
         -- an event's own contact_id wins: it says whose it is. Otherwise the contact its
-        -- anonymous id was identified as, whenever that happened, so an install before
-        -- the signup counts for the contact who signed up on that device.
-        coalesce(events.contact_id, identity_map.contact_id) as contact_id,
-        events.anonymous_id,
-        events.event_name,
-        events.occurred_at,
-        events.properties,
-        events.is_syncing
+        -- anonymous id was identified as, if that had happened by as_of, so an install
+        -- before the signup counts for the contact who signed up on that device.
+        coalesce(
+            contact_id,
+            case when identified_at <= {{ nudge_as_of() }} then stitched_contact_id end
+        ) as contact_id,
+        anonymous_id,
+        event_name,
+        occurred_at,
+        properties,
+        is_syncing
 
-    from events
-    left join identity_map
-        on events.anonymous_id = identity_map.anonymous_id
+    from stitched
 
 ),
 

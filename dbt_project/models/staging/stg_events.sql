@@ -22,7 +22,8 @@ events as (
         name as event_name,
         occurred_at,
         properties,
-        is_syncing
+        is_syncing,
+        loaded_at
 
     from source
 
@@ -44,12 +45,12 @@ identifies as (
 
 events as (
 
-    select event_id, contact_id, anonymous_id, event_name, occurred_at, properties, is_syncing
+    select event_id, contact_id, anonymous_id, event_name, occurred_at, properties, is_syncing, loaded_at
     from tracks
 
     union all
 
-    select event_id, contact_id, anonymous_id, event_name, occurred_at, properties, is_syncing
+    select event_id, contact_id, anonymous_id, event_name, occurred_at, properties, is_syncing, loaded_at
     from identifies
 
 ),
@@ -65,7 +66,8 @@ final as (
         cast(event_name as {{ dbt.type_string() }}) as event_name,
         cast(occurred_at as {{ dbt.type_timestamp() }}) as occurred_at,
         cast(properties as {{ dbt.type_string() }}) as properties,
-        cast(is_syncing as {{ dbt.type_boolean() }}) as is_syncing
+        cast(is_syncing as {{ dbt.type_boolean() }}) as is_syncing,
+        cast(loaded_at as {{ dbt.type_timestamp() }}) as loaded_at
 
     from events
 
