@@ -52,6 +52,7 @@ LONG_FILES = (
     "tests/security/test_secrets.py",
     "tests/integration/test_email_suppressions.py",
     "tests/e2e/test_overlapping_ticks.py",
+    "tests/integration/test_incremental_models.py",
 )
 
 

@@ -69,10 +69,22 @@ def query_preview(
 
 
 def relation_metadata(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, Any]:
-    """Row count and a preview of a table or view; empty when it cannot be read (not built)."""
+    """Row count and a preview of a table, a preview of a view; empty when it cannot be read
+    (not built). A view's row count would run the view over all its history every tick."""
     try:
-        [(rows,)] = con.execute(f"select count(*) from {relation}").fetchall()
         preview = query_preview(con, f"select * from {relation}")
+        if _is_view(con, relation):
+            return {"preview": preview}
+        [(rows,)] = con.execute(f"select count(*) from {relation}").fetchall()
     except duckdb.Error:
         return {}
     return {"dagster/row_count": rows, "preview": preview}
+
+
+def _is_view(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
+    schema, _, name = relation.partition(".")
+    found = con.execute(
+        "select count(*) from duckdb_views() where schema_name = ? and view_name = ?",
+        [schema.strip('"'), name.strip('"')],
+    ).fetchall()
+    return found[0][0] > 0

@@ -107,8 +107,9 @@
         cast({{ properties }} as {{ dbt.type_string() }}) as properties,
         -- loaders carry live traffic; a backfill through them cannot be told apart, so false
         false as is_syncing,
-        -- when the loader's API took the call: incremental models read what arrived since their last build
-        {{ nudge_loader_timestamp(relation, 'received_at', table_alias) }} as loaded_at
+        -- when the loader wrote the row to the warehouse (not when its API took the call, which
+        -- can be long before): incremental models read what arrived since their last build
+        {{ nudge_loader_timestamp(relation, 'uuid_ts', table_alias) }} as loaded_at
 {%- endmacro %}
 
 

@@ -64,6 +64,7 @@ STG_EVENTS_COLUMNS = [
     ("occurred_at", "TIMESTAMP"),
     ("properties", "VARCHAR"),
     ("is_syncing", "BOOLEAN"),
+    ("loaded_at", "TIMESTAMP"),
 ]
 
 
@@ -162,7 +163,7 @@ def test_events_from_a_loaders_tables(tmp_path, warehouse, vendor, schema, times
     )
     assert result.success, [(r.node.name, r.status, r.message) for r in result.result or []]
     built = {r.node.name for r in result.result}
-    assert {f"stg_{vendor}__tracks", f"stg_{vendor}__identifies", "stg_events", "int_identity_map", "int_events"} <= built
+    assert {f"stg_{vendor}__tracks", f"stg_{vendor}__identifies", "stg_events", "int_events_stitched", "int_events"} <= built
 
     # stg_events: every call once, the identifies as identify events, times in UTC
     assert rows(warehouse, "select column_name, data_type from information_schema.columns "
@@ -197,10 +198,17 @@ def test_events_from_a_loaders_tables(tmp_path, warehouse, vendor, schema, times
     assert properties["m-login"] == {}
     assert properties["m-identify"] == {}
 
-    # stitching through identifies: the earliest event with both ids links a1 to u1
-    assert rows(warehouse, "select anonymous_id, contact_id, identified_at from intermediate.int_identity_map") == [
-        ("a1", "u1", datetime(2026, 10, 30, 8, 9))
+    # loaded_at: when the loader wrote the row to the warehouse (uuid_ts), not when its API took the call
+    assert rows(warehouse, "select loaded_at from staging.stg_events where event_id = 'm-install'") == [
+        (datetime(2026, 11, 1, 0, 0),)
     ]
+    # stitching through identifies: the earliest event with both ids links a1 to u1; the link
+    # of a2 is stored whatever the clock, and int_events leaves it out until as_of reaches it
+    assert rows(
+        warehouse,
+        "select distinct anonymous_id, stitched_contact_id, identified_at from intermediate.int_events_stitched "
+        "where stitched_contact_id is not null order by anonymous_id",
+    ) == [("a1", "u1", datetime(2026, 10, 30, 8, 9)), ("a2", "u2", datetime(2026, 11, 2, 12, 0))]
     stitched = rows(warehouse, "select event_id, contact_id, event_name from intermediate.int_events order by event_id")
     assert stitched == [
         ("m-identify", "u1", "identify"),

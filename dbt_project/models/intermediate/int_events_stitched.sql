@@ -6,10 +6,10 @@
 ) }}
 
 -- Every event ever loaded, once, with the contact its anonymous id was first identified
--- as, whenever that was: int_events applies the run's clock on top, so this table can
--- grow by what arrives instead of being rebuilt every hour. A build reads the events
--- loaded since the last one, and again every event of an anonymous id a new event links
--- (a late identify may link it earlier, or to its first contact).
+-- as (int_identity_map), whenever that was: int_events applies the run's clock on top, so
+-- this table grows by what arrives instead of being rebuilt every hour. A build reads the
+-- events loaded since the last one, and again every event of an anonymous id a new event
+-- links (a late identify may link it earlier, or to its first contact).
 
 with
 
@@ -19,30 +19,9 @@ events as (
 
 ),
 
-links as (
+identity_map as (
 
-    -- any event that carries both ids links them (int_identity_map, without the clock)
-    select anonymous_id, contact_id, occurred_at, event_id, loaded_at
-    from events
-    where anonymous_id is not null
-        and contact_id is not null
-
-),
-
-first_links as (
-
-    select
-        anonymous_id,
-        contact_id as stitched_contact_id,
-        occurred_at as identified_at
-
-    from (
-        select
-            *,
-            row_number() over (partition by anonymous_id order by occurred_at, event_id) as link_number
-        from links
-    ) as numbered
-    where link_number = 1
+    select * from {{ ref('int_identity_map') }}
 
 ),
 
@@ -58,10 +37,13 @@ last_build as (
 
 relinked as (
 
-    select distinct links.anonymous_id
-    from links
+    -- anonymous ids a newly loaded event links: their earlier events may change hands
+    select distinct events.anonymous_id
+    from events
     cross join last_build
-    where links.loaded_at >= last_build.loaded_at
+    where events.anonymous_id is not null
+        and events.contact_id is not null
+        and (events.loaded_at >= last_build.loaded_at or events.loaded_at is null)
 
 ),
 
@@ -97,12 +79,12 @@ final as (
         changed.properties,
         changed.is_syncing,
         changed.loaded_at,
-        first_links.stitched_contact_id,
-        first_links.identified_at
+        identity_map.contact_id as stitched_contact_id,
+        identity_map.identified_at
 
     from changed
-    left join first_links
-        on changed.anonymous_id = first_links.anonymous_id
+    left join identity_map
+        on changed.anonymous_id = identity_map.anonymous_id
 
 )
 

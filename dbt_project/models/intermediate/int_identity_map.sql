@@ -1,4 +1,6 @@
--- Which contact each anonymous id (a device, a browser) belongs to, as of the run's clock.
+-- Which contact each anonymous id (a device, a browser) belongs to, and since when. The
+-- clock is applied by the readers (int_events: a link counts once as_of reaches it), so
+-- this map holds for every tick and int_events_stitched can keep what it stitched.
 
 with
 
@@ -23,8 +25,6 @@ links as (
     from events
     where anonymous_id is not null
         and contact_id is not null
-        -- an identify that has not happened yet stitches nothing yet
-        and occurred_at <= {{ nudge_as_of() }}
 
 ),
 
