@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -23,7 +26,7 @@ import duckdb
 import pyarrow.compute as pc
 
 from dagster_project.automations import Automation, Policy
-from dagster_project.backends.base import BackendUnavailable, DeliveryUncertain, EmailBackend
+from dagster_project.backends.base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend
 from dagster_project.ledger import (
     CAPPED_STATUSES,
     ENTERED,
@@ -489,9 +492,12 @@ def send_automation(
         order by due_at, trigger_key
     """
     # Transactional mail (a receipt, a password reset) is not stopped by leaving the marketing list.
-    with UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard:
+    with (
+        UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard,
+        _Handover(backend) as handover,
+    ):
         for candidates, total in _batches(con, to_decide, params, config.batch_size):
-            _send_batch(con, candidates, automation, template, backend, config, as_of, policy, state, guard,
+            _send_batch(con, candidates, automation, template, handover, config, as_of, policy, state, guard,
                         report, clock)
             progress.update(report, total)
     progress.finish(report)
@@ -537,7 +543,7 @@ def _send_batch(
     candidates: list[Candidate],
     automation: Automation,
     template: EmailTemplate,
-    backend: EmailBackend,
+    handover: "_Handover",
     config: SendConfig,
     as_of: datetime,
     policy: Policy,
@@ -580,7 +586,7 @@ def _send_batch(
 
     withdrawn: list[Outcome] = []
     try:
-        outcomes = _deliver(backend, automation, to_deliver, report, guard, withdrawn)
+        outcomes = _deliver(handover, automation, to_deliver, report, guard, withdrawn)
     except _Unavailable as stop:
         withdraw(con, withdrawn, now=clock())
         mark(con, stop.outcomes, as_of=as_of, now=clock())
@@ -590,52 +596,148 @@ def _send_batch(
 
 
 def _deliver(
-    backend: EmailBackend,
+    handover: "_Handover",
     automation: Automation,
     to_deliver: Sequence[tuple[Candidate, EmailMessage]],
     report: SendReport,
     guard: UnsubscribeGuard,
     withdrawn: list[Outcome],
 ) -> list[Outcome]:
+    results: dict[int, Delivery | BackendUnavailable] = {}
+    never_handed_over: list[int] = []
+    with handover.batch(results) as hand_over:
+        for index, (candidate, message) in enumerate(to_deliver):
+            if hand_over.stopped():
+                # The backend went away: nothing after it is handed over.
+                never_handed_over.append(index)
+                continue
+            # The last look before the message leaves: an unsubscribe that landed since this
+            # batch was decided stops it (claimed, never handed over: skipped, not an attempt).
+            # hand_over() sends at once, on a connection that is free now, so nothing waits between.
+            unsubscribed_at = guard.unsubscribed_now(candidate.contact_id)
+            if unsubscribed_at is not None:
+                withdrawn.append(Outcome(
+                    automation.name, candidate.trigger_key, Status.SKIPPED, Reason.UNSUBSCRIBED,
+                    f"unsubscribed from marketing mail at {unsubscribed_at:%Y-%m-%d %H:%M:%S} UTC, "
+                    "after this message was claimed and before it was handed over",
+                ))
+                report.skipped[Reason.UNSUBSCRIBED] += 1
+                continue
+            hand_over(index, message)
+
     outcomes: list[Outcome] = []
+    stop: BackendUnavailable | None = None
     for index, (candidate, message) in enumerate(to_deliver):
-        # The last look before the message leaves: an unsubscribe that landed since this
-        # batch was decided stops it (claimed, never handed over: skipped, not an attempt).
-        unsubscribed_at = guard.unsubscribed_now(candidate.contact_id)
-        if unsubscribed_at is not None:
-            withdrawn.append(Outcome(
-                automation.name, candidate.trigger_key, Status.SKIPPED, Reason.UNSUBSCRIBED,
-                f"unsubscribed from marketing mail at {unsubscribed_at:%Y-%m-%d %H:%M:%S} UTC, "
-                "after this message was claimed and before it was handed over",
-            ))
-            report.skipped[Reason.UNSUBSCRIBED] += 1
-            continue
-        try:
-            delivery = backend.send(message)
-        except BackendUnavailable as error:
-            unsent = to_deliver[index:]
-            if isinstance(error, DeliveryUncertain):
+        result = results.get(index)
+        if result is None:
+            continue  # withdrawn above, or never handed over (below)
+        if isinstance(result, BackendUnavailable):
+            stop = stop or result
+            if isinstance(result, DeliveryUncertain):
                 # The backend went silent while taking this one: it may have it. Never resend blindly.
                 outcomes.append(
-                    Outcome(automation.name, candidate.trigger_key, Status.UNKNOWN, Reason.INTERRUPTED, str(error))
+                    Outcome(automation.name, candidate.trigger_key, Status.UNKNOWN, Reason.INTERRUPTED, str(result))
                 )
-                unsent = unsent[1:]
-            # Nothing after it reached the backend: free those claims for a later tick. Never handed
-            # over, so not an attempt: an outage must not use up a message's retries.
-            for later, _ in unsent:
-                withdrawn.append(Outcome(automation.name, later.trigger_key, Status.FAILED, Reason.TEMPORARY, str(error)))
-            report.failed += len(unsent)
-            raise _Unavailable(outcomes, error) from error
-        if delivery.ok:
+            else:
+                never_handed_over.append(index)
+        elif result.ok:
             outcomes.append(Outcome(automation.name, candidate.trigger_key, Status.SENT))
             report.sent += 1
             if report.sample is None:
                 report.sample = message
         else:
-            reason = Reason.REJECTED if delivery.permanent else Reason.TEMPORARY
-            outcomes.append(Outcome(automation.name, candidate.trigger_key, Status.FAILED, reason, delivery.detail))
+            reason = Reason.REJECTED if result.permanent else Reason.TEMPORARY
+            outcomes.append(Outcome(automation.name, candidate.trigger_key, Status.FAILED, reason, result.detail))
             report.failed += 1
+    if stop is not None:
+        # Nothing after it reached the backend: free those claims for a later tick. Never handed
+        # over, so not an attempt: an outage must not use up a message's retries.
+        for index in never_handed_over:
+            error = results.get(index, stop)
+            withdrawn.append(Outcome(
+                automation.name, to_deliver[index][0].trigger_key, Status.FAILED, Reason.TEMPORARY, str(error)
+            ))
+        report.failed += len(never_handed_over)
+        raise _Unavailable(outcomes, stop)
     return outcomes
+
+
+class _Handover:
+    """Hands messages to the backend: on this thread, or on `backend.concurrency` threads at once,
+    each with its own connection (SMTP keeps one per thread in its pool; the rate limit is shared).
+
+    A message is handed to a thread only when one is free, so it leaves as soon as it is handed:
+    the unsubscribe guard's last look stays right before it goes. The batch ends when every
+    message handed over has its answer, so nothing is marked while a thread still holds one."""
+
+    def __init__(self, backend: EmailBackend) -> None:
+        self.backend = backend
+        self.threads = max(1, backend.concurrency)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nudge-send") if self.threads > 1 else None
+        self._free = threading.Semaphore(self.threads)
+
+    def __enter__(self) -> "_Handover":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    @contextmanager
+    def batch(self, results: dict[int, Delivery | BackendUnavailable]) -> Iterator["_Batch"]:
+        batch = _Batch(self, results)
+        try:
+            yield batch
+        finally:
+            batch.wait()
+        batch.raise_unexpected()
+
+
+class _Batch:
+    """One batch's hand-over: `batch(index, message)` sends it (or starts sending it); `results`
+    gets each answer, or the BackendUnavailable it raised, by index."""
+
+    def __init__(self, handover: _Handover, results: dict[int, Delivery | BackendUnavailable]) -> None:
+        self.handover = handover
+        self.results = results
+        self.futures: list[Future[None]] = []
+        self.unexpected: BaseException | None = None
+        self._stopped = False
+
+    def stopped(self) -> bool:
+        """The backend went away (or a send raised what it should not): hand nothing more over."""
+        return self._stopped
+
+    def __call__(self, index: int, message: EmailMessage) -> None:
+        pool = self.handover._pool
+        if pool is None:
+            self._send(index, message)
+            return
+        self.handover._free.acquire()  # a thread is free: the message leaves now
+        self.futures.append(pool.submit(self._send, index, message))
+
+    def _send(self, index: int, message: EmailMessage) -> None:
+        try:
+            self.results[index] = self.handover.backend.send(message)
+        except BackendUnavailable as error:
+            self._stopped = True
+            self.results[index] = error
+        except BaseException as error:
+            self._stopped = True
+            self.unexpected = self.unexpected or error
+            if self.handover._pool is None:
+                raise
+        finally:
+            if self.handover._pool is not None:
+                self.handover._free.release()
+
+    def wait(self) -> None:
+        wait(self.futures)
+
+    def raise_unexpected(self) -> None:
+        if self.unexpected is not None:
+            # As on one thread: the batch's claims stay `pending`, for the next run to settle.
+            raise self.unexpected
 
 
 class _Unavailable(Exception):
