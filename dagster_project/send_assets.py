@@ -41,6 +41,7 @@ def _metadata(report: SendReport, backend: str, seconds: float) -> dict[str, obj
         "held_for_quiet_hours": report.held,
         "skipped": report.skipped_total,
         "interrupted_now_unknown": report.interrupted,
+        "decided_in_sql": report.decided_in_sql,
         "backend": backend,
         "seconds": round(seconds, 3),
     }
