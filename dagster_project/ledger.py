@@ -118,14 +118,29 @@ def record(con: duckdb.DuckDBPyConnection, entries: Sequence[Entry], *, as_of: d
     if not entries:
         return
     incoming = _frame(entries)  # noqa: F841  (read by DuckDB by name)
-    con.execute(
-        f"""
+    con.execute(_record_sql("incoming"), {"as_of": as_of, "now": now})
+
+
+def record_query(
+    con: duckdb.DuckDBPyConnection, query: str, params: dict[str, object], *, as_of: datetime, now: datetime
+) -> pa.Table:
+    """`record` for the decisions a query selects (the columns of Entry, by name), in one statement:
+    for verdicts decided in SQL, which never pass through Python. Returns the reason of each row written."""
+    # con.sql runs an insert at once and keeps what it returned: reading it does not insert again.
+    return con.sql(
+        _record_sql(f"({query})") + " returning reason", params={**params, "as_of": as_of, "now": now}
+    ).to_arrow_table()
+
+
+def _record_sql(source: str) -> str:
+    """Write decisions; a retried `failed` or `held` row is overwritten, its attempts kept."""
+    return f"""
         insert into {LEDGER_TABLE}
             (automation, trigger_key, contact_id, email, message_id, status, reason, error,
              attempts, qualified_at, due_at, decided_at, sent_at, updated_at, subject)
         select automation, trigger_key, contact_id, email, message_id, status, reason, error,
                0, qualified_at, due_at, $as_of, null, $now, subject
-        from incoming
+        from {source}
         on conflict (automation, trigger_key) do update set
             contact_id = excluded.contact_id,
             email = excluded.email,
@@ -138,9 +153,7 @@ def record(con: duckdb.DuckDBPyConnection, entries: Sequence[Entry], *, as_of: d
         where messages.status <> excluded.status
            or messages.reason is distinct from excluded.reason
            or messages.error is distinct from excluded.error
-        """,
-        {"as_of": as_of, "now": now},
-    )
+        """
 
 
 def mark(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome], *, as_of: datetime, now: datetime) -> None:

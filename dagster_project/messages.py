@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 from datetime import datetime, timezone
 from email import policy
 from email.headerregistry import Address, BaseHeader, UnstructuredHeader
@@ -20,6 +21,7 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 
+from .backends.base import COMPOSED_BYTES
 from .rendering import RenderedEmail, one_line
 from .unsubscribe import UnsubscribeLinks
 
@@ -69,9 +71,22 @@ def _single_address(value: str, role: str) -> Address:
     return Address(display_name=header_text(address.display_name), username=address.username, domain=address.domain)
 
 
+@lru_cache(maxsize=64)
 def sender_domain(sender: str) -> str:
     """'Nudge Fitness <hello@nudge.example>' -> 'nudge.example' (for Message-IDs)."""
     return _normalize_domain(_single_address(sender, "sender").domain)
+
+
+@lru_cache(maxsize=64)
+def _fixed_header(name: str, value: str) -> BaseHeader:
+    """A header whose value is the same in every message of an automation (its name, ...), made
+    once as `message[name] = value` makes it: setting a header object skips that parse per message."""
+    return policy.SMTP.header_factory(name, value)
+
+
+@lru_cache(maxsize=64)
+def _sender_header(sender: str) -> BaseHeader:
+    return policy.SMTP.header_factory("From", _single_address(sender, "sender"))
 
 
 class _UriListHeader(UnstructuredHeader):
@@ -128,37 +143,44 @@ def compose(
         date = date.replace(tzinfo=timezone.utc)
 
     message = EmailMessage(policy=policy.SMTP)
-    message["From"] = _single_address(sender, "sender")
+    message["From"] = _sender_header(sender)
     message["To"] = _single_address(recipient, "recipient")
     message["Subject"] = subject
     message["Date"] = format_datetime(date)
     message["Message-ID"] = message_id
-    message[AUTOMATION_HEADER] = automation_name
+    message[AUTOMATION_HEADER] = _fixed_header(AUTOMATION_HEADER, automation_name)
     expected = ["From", "To", "Subject", "Date", "Message-ID", AUTOMATION_HEADER]
     if unsubscribe is not None:
         links = _uri_list([one_line(unsubscribe.https), one_line(unsubscribe.mailto)])
         message["List-Unsubscribe"] = _ListUnsubscribeHeader("List-Unsubscribe", links)
         # RFC 8058: the receiver may POST to the https link to unsubscribe in one click.
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message["List-Unsubscribe-Post"] = _fixed_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
         expected += ["List-Unsubscribe", "List-Unsubscribe-Post"]
 
     message.set_content(rendered.text, subtype="plain", charset="utf-8")
     message.add_alternative(rendered.html, subtype="html", charset="utf-8")
     expected += ["MIME-Version", "Content-Type"]
-    _verify_header_block(message, expected)
+    # The bytes checked are the bytes sent: backends take them (composed_bytes) rather than
+    # serializing again. Serializing fixes the MIME boundary in the message, so they are also
+    # what message.as_bytes(policy=SMTP) gives.
+    setattr(message, COMPOSED_BYTES, _verify_header_block(message, expected))
     return message
 
 
-def _verify_header_block(message: EmailMessage, expected: list[str]) -> None:
-    """Serialize, parse back, and insist on exactly the headers that were set, once each."""
+
+def _verify_header_block(message: EmailMessage, expected: list[str]) -> bytes:
+    """Serialize, parse back, and insist on exactly the headers that were set, once each; the bytes."""
     try:
         serialized = message.as_bytes(policy=policy.SMTP)
     except (ValueError, UnicodeError) as error:
         raise ValueError(f"message cannot be serialized: {error}") from error
-    parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(serialized)
+    # The header block alone: the parser stops at its first empty line anyway.
+    end = serialized.find(b"\r\n\r\n")
+    parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(serialized if end < 0 else serialized[: end + 4])
     found = sorted(name.lower() for name in parsed.keys())
     wanted = sorted(name.lower() for name in expected)
     if found != wanted:
         raise ValueError(f"refusing a message whose headers changed on serialization: {found} != {wanted}")
     if len(message["To"].addresses) != 1 or len(parsed.get_all("To", [])) != 1:
         raise ValueError("refusing a message that is not addressed to exactly one recipient")
+    return serialized

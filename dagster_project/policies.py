@@ -152,7 +152,12 @@ def decide(
     policy: Policy,
     state: TickState,
 ) -> Verdict:
-    """The verdict for one due candidate; `state` records a send or hold-out for the next ones."""
+    """The verdict for one due candidate; `state` records a send or hold-out for the next ones.
+
+    The send decides the verdicts that need only the data (the pending check, before_start, stale,
+    exited and _reachable: none of them reads or writes `state`) in SQL, in one statement
+    (send._verdicts_sql), and calls this for the rest. A change to those rules changes both:
+    tests/integration/test_send_verdicts_in_sql.py fails until they agree row for row."""
     if candidate.ledger_status == Status.PENDING:
         # Already decided by the run that claimed it; only a new "no" from the contact stops it.
         return _reachable(candidate, automation) or SEND

@@ -41,6 +41,7 @@ def _metadata(report: SendReport, backend: str, seconds: float) -> dict[str, obj
         "held_for_quiet_hours": report.held,
         "skipped": report.skipped_total,
         "interrupted_now_unknown": report.interrupted,
+        "decided_in_sql": report.decided_in_sql,
         "backend": backend,
         "seconds": round(seconds, 3),
     }
@@ -213,7 +214,7 @@ def _send_one(
         return f"{target.key.to_user_string()}: {error}"
     started = time.perf_counter()
     # The other gate, also our own: a surge or stale events trips the breaker, and nothing is claimed.
-    state = gate.judge(con, target, as_of, contacts_relation, events_relation)
+    state = gate.judge(con, target, as_of)
     if state.blocks:
         return [
             dg.MaterializeResult(asset_key=target.key, metadata={"due": state.due, "sent": 0, **state.metadata()}),
@@ -277,13 +278,9 @@ class _Gate:
     newest_event_at: datetime | None
     released_by_tag: set[str]
 
-    def judge(
-        self, con: duckdb.DuckDBPyConnection, target: SendTarget, as_of: datetime,
-        contacts_relation: str, events_relation: str,
-    ) -> breaker.BreakerState:
+    def judge(self, con: duckdb.DuckDBPyConnection, target: SendTarget, as_of: datetime) -> breaker.BreakerState:
         name = target.automation.name
-        due = count_newly_due(con, target.automation, contacts_relation=contacts_relation,
-                              events_relation=events_relation, as_of=as_of)
+        due = count_newly_due(con, target.automation, as_of=as_of)
         by_tag = f"run {self.context.run_id} (tag {breaker.RELEASE_TAG})" if name in self.released_by_tag else None
         state = breaker.check(con, name, as_of=as_of, due=due, newest_event_at=self.newest_event_at,
                               policy=self.policy.breaker, released_by_tag=by_tag, now=_wall_clock())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from email import policy
 from email.message import EmailMessage
 from types import TracebackType
 
@@ -50,6 +51,9 @@ class EmailBackend(ABC):
     dedupes: bool = False
     # For logs and metadata: never contains a secret.
     description: str = ""
+    # How many messages `send` may be given at once, from as many threads: 1 unless the backend
+    # is safe to call from several threads (e.g. one connection each from a pool).
+    concurrency: int = 1
 
     def __enter__(self) -> "EmailBackend":
         self.open()
@@ -82,3 +86,18 @@ def message_id_of(message: EmailMessage) -> str:
     if not value or not str(value).strip():
         raise ValueError("message has no Message-ID; compose it with dagster_project.messages.compose")
     return str(value).strip()
+
+
+# The attribute in which messages.compose leaves the bytes it verified.
+COMPOSED_BYTES = "nudge_composed_bytes"
+
+
+def composed_bytes(message: EmailMessage) -> bytes | None:
+    """The bytes compose() verified for this message (policy SMTP), or None for a message it did not make."""
+    return getattr(message, COMPOSED_BYTES, None)
+
+
+def message_bytes(message: EmailMessage) -> bytes:
+    """The message as it goes on the wire (policy SMTP), without serializing it again where compose did."""
+    composed = composed_bytes(message)
+    return composed if composed is not None else message.as_bytes(policy=policy.SMTP)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from email.message import EmailMessage
 
-from .base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend, message_id_of
+from .base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend, composed_bytes, message_id_of
 from .pacing import Pacing
 
 _AUTHENTICATION_REQUIRED = 530
@@ -108,6 +108,11 @@ class SmtpBackend(EmailBackend):
     def connections(self) -> int:
         return self.pacing.connections
 
+    @property
+    def concurrency(self) -> int:  # type: ignore[override]
+        # One sending thread per connection the pool may open; the token bucket paces them all.
+        return self.pacing.connections
+
     def open(self) -> None:
         # Connect one slot now, so a server that is down fails the tick before anything is claimed.
         connection = self._slots.get()
@@ -194,8 +199,13 @@ class SmtpBackend(EmailBackend):
         envelope_from: str,
         envelope_to: list[str],
     ) -> Delivery:
+        data = composed_bytes(message)
         try:
-            refused = connection.send_message(message, from_addr=envelope_from, to_addrs=envelope_to)
+            if data is not None and all(address.isascii() for address in (envelope_from, *envelope_to)):
+                # The bytes compose() verified are what send_message would write: no need to serialize again.
+                refused = connection.sendmail(envelope_from, envelope_to, data)
+            else:
+                refused = connection.send_message(message, from_addr=envelope_from, to_addrs=envelope_to)
         except smtplib.SMTPRecipientsRefused as error:
             refused = error.recipients
         except smtplib.SMTPResponseException as error:

@@ -235,3 +235,21 @@ def test_a_malformed_message_id_is_refused(bad_id):
             date=WHEN,
             unsubscribe=None,
         )
+
+
+# --- the bytes backends send ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rendered",
+    [RENDERED, RenderedEmail(subject="Grüße, Zoë — ☕", html="<p>" + "Zoë " * 80 + "</p>", text="Grüße\n" * 40)],
+    ids=["ascii", "non_ascii_long_lines"],
+)
+def test_backends_get_exactly_the_bytes_the_message_serializes_to(rendered):
+    from dagster_project.backends.base import composed_bytes, message_bytes
+
+    message = build(rendered=rendered, unsubscribe=links())
+    assert composed_bytes(message) is not None
+    assert message_bytes(message) == composed_bytes(message) == message.as_bytes(policy=policy.SMTP)
+    other = reparsed(message)  # a message compose did not make is serialized when sent
+    assert composed_bytes(other) is None and message_bytes(other) == other.as_bytes(policy=policy.SMTP)
