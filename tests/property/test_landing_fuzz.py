@@ -541,6 +541,10 @@ def landing_folders(draw) -> dict:
         "chunk_bytes": draw(st.sampled_from([64 << 20, 64 << 20, 64 << 20, 1, 300])),
         "commit_every_rows": draw(st.sampled_from([2_000_000, 1])),
         "parquet_batch_rows": draw(st.sampled_from([500_000, 2])),
+        # an insert per chunk, and stored ids looked up in the primary key's index, as for a big table
+        "insert_every_rows": draw(st.sampled_from([250_000, 1])),
+        "lookup_share": draw(st.sampled_from([512, 0])),
+        "read_ahead_rows": draw(st.sampled_from([500_000, 1])),
     }
     plan["jsonl_lines"] = {
         (table, name): draw(jsonl_lines(rows))
@@ -706,6 +710,9 @@ def run_property(plan: dict, draw) -> None:
         JSONL_CHUNK_BYTES=options["chunk_bytes"],
         COMMIT_EVERY_ROWS=options["commit_every_rows"],
         PARQUET_BATCH_ROWS=options["parquet_batch_rows"],
+        INSERT_EVERY_ROWS=options["insert_every_rows"],
+        LOOKUP_SHARE=options["lookup_share"],
+        READ_AHEAD_ROWS=options["read_ahead_rows"],
     ):
         landing = Path(folder) / "landing"
         written = write_landing(plan, landing, draw)
