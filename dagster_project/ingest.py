@@ -220,11 +220,19 @@ def _append_error(errors: pl.Expr, condition: pl.Expr, message: pl.Expr) -> pl.E
     )
 
 
+def _shown(value: str) -> str:
+    """A JSON value as a reason quotes it, as schemas.quote does: a reason does not hold a 5 MB object."""
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
 def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str, pl.Series]:
-    """Columns of JSON value text (one per field, null when absent or null) -> text frame columns."""
+    """Columns of JSON value text (one per field, null when absent or null) -> text frame columns.
+
+    One vectorised pass does what nearly every row needs; the rare values that are no plain JSON
+    string (a number, an object, a string with escapes) are looked at again, on their own.
+    """
     exprs: list[pl.Expr] = []
-    errors: list[pl.Expr] = []
-    escaped: list[str] = []
+    texts: list[str] = []
     for name, kind in fields.items():
         value = pl.col(name)
         if kind == PROPERTIES:
@@ -233,31 +241,38 @@ def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str,
             exprs.append(pl.when(~is_object).then(value).alias("properties_text"))
             continue
         # Only JSON strings start with a quote; the common ones have no escapes and just lose their quotes.
-        text = value.str.strip_prefix('"').str.strip_suffix('"')
         is_string = value.str.starts_with('"')
+        target = f"{name}_text" if kind == FLAG else name
+        exprs.append(value.str.strip_prefix('"').str.strip_suffix('"').alias(target))
         exprs.append((is_string & value.str.contains("\\", literal=True)).alias(f"_escaped_{name}"))
-        escaped.append(name)
-        if kind == FLAG:
-            exprs.append(text.alias(f"{name}_text"))
-            continue
-        # Strings, and integers (a numeric id is still an id); anything else is a mistake worth naming.
-        wrong = value.is_not_null() & ~(is_string | value.str.contains(r"^-?[0-9]+$"))
-        exprs.append(pl.when(~wrong).then(text).alias(name))
-        # quoted shortly, as schemas.quote does: a reason names the value, it does not hold a 5 MB object
-        shown = pl.when(value.str.len_chars() > 80).then(value.str.slice(0, 77) + pl.lit("...")).otherwise(value)
-        errors.append(pl.when(wrong).then(pl.lit(f"{name} must be text, got ") + shown))
-    field_errors = pl.concat_str(errors, separator="; ", ignore_nulls=True) if errors else pl.lit(None, dtype=pl.String)
-    exprs.append(pl.when(field_errors != "").then(field_errors).alias("field_errors"))
+        exprs.append((value.is_not_null() & ~is_string).alias(f"_other_{name}"))
+        texts.append(name)
     out = values.select(exprs)
-    for name in escaped:
-        # Rare: a string with escapes (a quote, a backslash, \u00e9) is decoded properly, row by row.
-        mask = out.get_column(f"_escaped_{name}").fill_null(False)
-        if mask.any():
-            target = f"{name}_text" if fields[name] == FLAG else name
-            positions = mask.arg_true()
+    field_errors: dict[int, list[str]] = {}
+    for name in texts:
+        target = f"{name}_text" if fields[name] == FLAG else name
+        escaped = out.get_column(f"_escaped_{name}").fill_null(False)
+        if escaped.any():
+            # a string with escapes (a quote, a backslash, \u00e9) is decoded properly, row by row
+            positions = escaped.arg_true()
             decoded = [orjson.loads(text) for text in values.get_column(name).gather(positions).to_list()]
             out = out.with_columns(out.get_column(target).scatter(positions, pl.Series(decoded, dtype=pl.String)))
-    return {name: out.get_column(name) for name in out.columns if not name.startswith("_escaped_")}
+        other = out.get_column(f"_other_{name}").fill_null(False)
+        if fields[name] == FLAG or not other.any():
+            continue  # a flag's text is judged when it is parsed
+        # Strings, and integers (a numeric id is still an id); anything else is a mistake worth naming.
+        positions = other.arg_true()
+        wrong = positions.filter(~values.get_column(name).gather(positions).str.contains(r"^-?[0-9]+$"))
+        if wrong.is_empty():
+            continue
+        out = out.with_columns(out.get_column(target).scatter(wrong, None))
+        for index, value in zip(wrong.to_list(), values.get_column(name).gather(wrong).to_list()):
+            field_errors.setdefault(index, []).append(f"{name} must be text, got {_shown(value)}")
+    errors = pl.Series("field_errors", [None] * values.height, dtype=pl.String)
+    if field_errors:
+        errors = errors.scatter(list(field_errors), pl.Series(["; ".join(m) for m in field_errors.values()]))
+    columns = {name: out.get_column(name) for name in out.columns if not name.startswith("_")}
+    return {**columns, "field_errors": errors}
 
 
 def _jsonl_text_frame(lines: pl.DataFrame, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
@@ -634,10 +649,23 @@ def _stored_event_ids(con: duckdb.DuckDBPyConnection, ids: pl.Series) -> pl.Seri
         con.unregister("incoming_ids")
 
 
-def _key_order(column: str) -> list[pl.Expr]:
-    """Sort keys that put texts nearly in byte order: their first 16 bytes as two numbers (cheap to sort)."""
-    data = pl.col(column).cast(pl.Binary)
-    return [data.bin.slice(start, 8).bin.reinterpret(dtype=pl.UInt64, endianness="big") for start in (0, 8)]
+def _insert_keys(ids: pl.Expr) -> dict[str, pl.Expr]:
+    """Columns computed while a chunk is checked, so the insert only compares numbers: a hash of the id
+    (equal ids, equal hashes) and its first 16 bytes as two numbers, which sort nearly in key order."""
+    data = ids.cast(pl.Binary)
+    return {
+        "_id_hash": ids.hash(),
+        **{f"_key{n}": data.bin.slice(8 * n, 8).bin.reinterpret(dtype=pl.UInt64, endianness="big") for n in (0, 1)},
+    }
+
+
+def _first_of_each_id(frame: pl.DataFrame) -> pl.Series:
+    """True on the first row of each event_id; ids are only compared where their hashes meet."""
+    first = ~frame.get_column("_id_hash").is_duplicated()
+    if not first.all():
+        positions = (~first).arg_true()
+        first = first.scatter(positions, frame.get_column("event_id").gather(positions).is_first_distinct())
+    return first
 
 
 def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> pl.DataFrame:
@@ -647,12 +675,12 @@ def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> pl.Da
     row wins. The primary key still refuses a duplicate: a mistake here fails the load, it does not
     store an id twice.
     """
-    firsts = frame.filter(pl.col("event_id").is_first_distinct())
+    firsts = frame.filter(_first_of_each_id(frame))
     stored = _stored_event_ids(con, firsts.get_column("event_id"))
     # In (nearly) key order the primary key's index takes the rows in about half the time, at the
     # insert and again at the commit, than in the random order ids arrive in.
-    new = firsts.filter(~pl.col("event_id").is_in(stored.implode())).sort(_key_order("event_id"), maintain_order=True)
-    _incoming(con, "incoming_events", new)
+    new = firsts.filter(~pl.col("event_id").is_in(stored.implode())).sort("_key0", "_key1", maintain_order=True)
+    _incoming(con, "incoming_events", new.select(pl.exclude("^_.*$")))
     try:
         con.execute(
             """
@@ -792,6 +820,7 @@ def _check_chunk(target: _Target, text_frame: pl.DataFrame, source_file: str, lo
         source_file=pl.lit(source_file),
         source_line=pl.col("source_line").cast(pl.Int32),
         loaded_at=pl.lit(loaded_at, dtype=pl.Datetime("us")),
+        **(_insert_keys(pl.col("event_id")) if target is EVENTS else {}),
     )
     return _Checked(rows, rejection_rows, text_frame.height, reasons)
 
