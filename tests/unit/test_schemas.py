@@ -332,6 +332,7 @@ maybe_email = st.sampled_from([None, "", "zoe@example.com", "not-an-email", "a@l
 maybe_moment = st.sampled_from([None, datetime(2026, 10, 31, 12, 0)])
 maybe_flag = st.sampled_from([None, True, False])
 maybe_errors = st.sampled_from([None, "event_id must be text, got 1.5"])
+maybe_properties = st.sampled_from([None, "{}"])
 
 
 def _pandera_failures(model: type[pa.DataFrameModel], frame: pl.DataFrame) -> set[tuple[int, str]]:
@@ -347,23 +348,24 @@ def _expression_failures(frame: pl.DataFrame, checks) -> set[tuple[int, str]]:
     return {(index, name) for name in failures.columns for index in failures.get_column(name).arg_true().to_list()}
 
 
+def frames_of(values: dict) -> st.SearchStrategy[list[dict]]:
+    """Up to 12 rows whose fields take the given values."""
+    return st.lists(st.fixed_dictionaries(values), min_size=1, max_size=12)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(
-        st.fixed_dictionaries(
-            {
-                "event_id": maybe_text,
-                "contact_id": maybe_text,
-                "anonymous_id": maybe_text,
-                "name": maybe_text,
-                "occurred_at": maybe_moment,
-                "properties": st.sampled_from([None, "{}"]),
-                "is_syncing": maybe_flag,
-                "field_errors": maybe_errors,
-            }
-        ),
-        min_size=1,
-        max_size=12,
+    frames_of(
+        {
+            "event_id": maybe_text,
+            "contact_id": maybe_text,
+            "anonymous_id": maybe_text,
+            "name": maybe_text,
+            "occurred_at": maybe_moment,
+            "properties": maybe_properties,
+            "is_syncing": maybe_flag,
+            "field_errors": maybe_errors,
+        }
     )
 )
 def test_event_checks_fail_the_rows_pandera_fails(rows):
@@ -373,19 +375,15 @@ def test_event_checks_fail_the_rows_pandera_fails(rows):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(
-        st.fixed_dictionaries(
-            {
-                "contact_id": maybe_text,
-                "email": maybe_email,
-                "status": maybe_text,
-                "properties": st.sampled_from([None, "{}"]),
-                "updated_at": maybe_moment,
-                "field_errors": maybe_errors,
-            }
-        ),
-        min_size=1,
-        max_size=12,
+    frames_of(
+        {
+            "contact_id": maybe_text,
+            "email": maybe_email,
+            "status": maybe_text,
+            "properties": maybe_properties,
+            "updated_at": maybe_moment,
+            "field_errors": maybe_errors,
+        }
     )
 )
 def test_contact_checks_fail_the_rows_pandera_fails(rows):
