@@ -18,7 +18,8 @@ their contact; a row with neither id is rejected.
 
 # No `from __future__ import annotations` here: Dagster reads the asset functions' type hints at runtime.
 import re
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -219,11 +220,19 @@ def _append_error(errors: pl.Expr, condition: pl.Expr, message: pl.Expr) -> pl.E
     )
 
 
+def _shown(value: str) -> str:
+    """A JSON value as a reason quotes it, as schemas.quote does: a reason does not hold a 5 MB object."""
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
 def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str, pl.Series]:
-    """Columns of JSON value text (one per field, null when absent or null) -> text frame columns."""
+    """Columns of JSON value text (one per field, null when absent or null) -> text frame columns.
+
+    One vectorised pass does what nearly every row needs; the rare values that are no plain JSON
+    string (a number, an object, a string with escapes) are looked at again, on their own.
+    """
     exprs: list[pl.Expr] = []
-    errors: list[pl.Expr] = []
-    escaped: list[str] = []
+    texts: list[str] = []
     for name, kind in fields.items():
         value = pl.col(name)
         if kind == PROPERTIES:
@@ -232,31 +241,38 @@ def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str,
             exprs.append(pl.when(~is_object).then(value).alias("properties_text"))
             continue
         # Only JSON strings start with a quote; the common ones have no escapes and just lose their quotes.
-        text = value.str.strip_prefix('"').str.strip_suffix('"')
         is_string = value.str.starts_with('"')
+        target = f"{name}_text" if kind == FLAG else name
+        exprs.append(value.str.strip_prefix('"').str.strip_suffix('"').alias(target))
         exprs.append((is_string & value.str.contains("\\", literal=True)).alias(f"_escaped_{name}"))
-        escaped.append(name)
-        if kind == FLAG:
-            exprs.append(text.alias(f"{name}_text"))
-            continue
-        # Strings, and integers (a numeric id is still an id); anything else is a mistake worth naming.
-        wrong = value.is_not_null() & ~(is_string | value.str.contains(r"^-?[0-9]+$"))
-        exprs.append(pl.when(~wrong).then(text).alias(name))
-        # quoted shortly, as schemas.quote does: a reason names the value, it does not hold a 5 MB object
-        shown = pl.when(value.str.len_chars() > 80).then(value.str.slice(0, 77) + pl.lit("...")).otherwise(value)
-        errors.append(pl.when(wrong).then(pl.lit(f"{name} must be text, got ") + shown))
-    field_errors = pl.concat_str(errors, separator="; ", ignore_nulls=True) if errors else pl.lit(None, dtype=pl.String)
-    exprs.append(pl.when(field_errors != "").then(field_errors).alias("field_errors"))
+        exprs.append((value.is_not_null() & ~is_string).alias(f"_other_{name}"))
+        texts.append(name)
     out = values.select(exprs)
-    for name in escaped:
-        # Rare: a string with escapes (a quote, a backslash, \u00e9) is decoded properly, row by row.
-        mask = out.get_column(f"_escaped_{name}").fill_null(False)
-        if mask.any():
-            target = f"{name}_text" if fields[name] == FLAG else name
-            positions = mask.arg_true()
+    field_errors: dict[int, list[str]] = {}
+    for name in texts:
+        target = f"{name}_text" if fields[name] == FLAG else name
+        escaped = out.get_column(f"_escaped_{name}").fill_null(False)
+        if escaped.any():
+            # a string with escapes (a quote, a backslash, \u00e9) is decoded properly, row by row
+            positions = escaped.arg_true()
             decoded = [orjson.loads(text) for text in values.get_column(name).gather(positions).to_list()]
             out = out.with_columns(out.get_column(target).scatter(positions, pl.Series(decoded, dtype=pl.String)))
-    return {name: out.get_column(name) for name in out.columns if not name.startswith("_escaped_")}
+        other = out.get_column(f"_other_{name}").fill_null(False)
+        if fields[name] == FLAG or not other.any():
+            continue  # a flag's text is judged when it is parsed
+        # Strings, and integers (a numeric id is still an id); anything else is a mistake worth naming.
+        positions = other.arg_true()
+        wrong = positions.filter(~values.get_column(name).gather(positions).str.contains(r"^-?[0-9]+$"))
+        if wrong.is_empty():
+            continue
+        out = out.with_columns(out.get_column(target).scatter(wrong, None))
+        for index, value in zip(wrong.to_list(), values.get_column(name).gather(wrong).to_list()):
+            field_errors.setdefault(index, []).append(f"{name} must be text, got {_shown(value)}")
+    errors = pl.Series("field_errors", [None] * values.height, dtype=pl.String)
+    if field_errors:
+        errors = errors.scatter(list(field_errors), pl.Series(["; ".join(m) for m in field_errors.values()]))
+    columns = {name: out.get_column(name) for name in out.columns if not name.startswith("_")}
+    return {**columns, "field_errors": errors}
 
 
 def _jsonl_text_frame(lines: pl.DataFrame, fields: dict[str, str], json_con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
@@ -603,24 +619,82 @@ def _incoming(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) ->
     con.register(name, frame.to_arrow())
 
 
-def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
-    # The first row of an id wins inside a chunk; against the table, the stored row wins.
-    _incoming(con, "incoming_events", frame.filter(pl.col("event_id").is_first_distinct()))
+# Few ids against a big table are looked up in the primary key's index, a list of ids at a time
+# (DuckDB answers `in (...)` of up to index_scan_max_count values from the index); otherwise one hash
+# semi-join reads the table's ids. A lookup costs about as much as reading 500 stored ids.
+LOOKUP_SHARE = 512
+LOOKUP_IDS = 2_000
+
+
+def _stored_event_ids(con: duckdb.DuckDBPyConnection, ids: pl.Series) -> pl.Series:
+    """Which of `ids` (distinct) raw.events already holds, this transaction's rows included."""
+    ((stored,),) = con.execute("select count(*) from raw.events").fetchall()
+    if ids.is_empty() or stored == 0:
+        return pl.Series("event_id", [], dtype=pl.String)
+    if ids.len() * LOOKUP_SHARE <= stored:
+        found: list[str] = []
+        for start in range(0, ids.len(), LOOKUP_IDS):
+            part = ids.slice(start, LOOKUP_IDS).to_list()
+            rows = con.execute(
+                f"select event_id from raw.events where event_id in ({', '.join('?' * len(part))})", part
+            ).fetchall()
+            found.extend(event_id for (event_id,) in rows)
+        return pl.Series("event_id", found, dtype=pl.String)
+    _incoming(con, "incoming_ids", ids.to_frame("event_id"))
     try:
-        inserted = con.execute(
+        return con.sql(
+            "select i.event_id from incoming_ids as i semi join raw.events as e on e.event_id = i.event_id"
+        ).pl().get_column("event_id")
+    finally:
+        con.unregister("incoming_ids")
+
+
+def _insert_keys(ids: pl.Expr) -> dict[str, pl.Expr]:
+    """Columns computed while a chunk is checked, so the insert only compares numbers: a hash of the id
+    (equal ids, equal hashes) and its first 16 bytes as two numbers, which sort nearly in key order."""
+    data = ids.cast(pl.Binary)
+    return {
+        "_id_hash": ids.hash(),
+        **{f"_key{n}": data.bin.slice(8 * n, 8).bin.reinterpret(dtype=pl.UInt64, endianness="big") for n in (0, 1)},
+    }
+
+
+def _first_of_each_id(frame: pl.DataFrame) -> pl.Series:
+    """True on the first row of each event_id; ids are only compared where their hashes meet."""
+    first = ~frame.get_column("_id_hash").is_duplicated()
+    if not first.all():
+        positions = (~first).arg_true()
+        first = first.scatter(positions, frame.get_column("event_id").gather(positions).is_first_distinct())
+    return first
+
+
+def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> pl.DataFrame:
+    """Insert the rows whose event_id is new; return how many each source_file brought.
+
+    The first row of an id wins within `frame` (rows in load order); against the table, the stored
+    row wins. The primary key still refuses a duplicate: a mistake here fails the load, it does not
+    store an id twice.
+    """
+    firsts = frame.filter(_first_of_each_id(frame))
+    stored = _stored_event_ids(con, firsts.get_column("event_id"))
+    # In (nearly) key order the primary key's index takes the rows in about half the time, at the
+    # insert and again at the commit, than in the random order ids arrive in.
+    new = firsts.filter(~pl.col("event_id").is_in(stored.implode())).sort("_key0", "_key1", maintain_order=True)
+    _incoming(con, "incoming_events", new.select(pl.exclude("^_.*$")))
+    try:
+        con.execute(
             """
             insert into raw.events
                 (event_id, contact_id, anonymous_id, name, occurred_at, properties, is_syncing,
                  source_file, source_line, loaded_at)
-            select i.event_id, i.contact_id, i.anonymous_id, i.name, i.occurred_at, i.properties, i.is_syncing,
-                   i.source_file, i.source_line, i.loaded_at
-            from incoming_events as i
-            where not exists (select 1 from raw.events as e where e.event_id = i.event_id)
+            select event_id, contact_id, anonymous_id, name, occurred_at, properties, is_syncing,
+                   source_file, source_line, loaded_at
+            from incoming_events
             """
         ).fetchall()
     finally:
         con.unregister("incoming_events")
-    return int(inserted[0][0]) if inserted else 0
+    return new.group_by("source_file").len("rows_loaded")
 
 
 def _upsert_contacts(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
@@ -699,57 +773,56 @@ class _FileResult:
     rows_duplicate: int = 0
     rows_rejected: int = 0
     reject_reasons: Counter[str] = field(default_factory=Counter)
+    rows_valid: int = 0  # rows that passed the checks: loaded, or duplicates
 
 
-def _load_chunk(
-    con: duckdb.DuckDBPyConnection,
-    target: _Target,
-    text_frame: pl.DataFrame,
-    source_file: str,
-    loaded_at: datetime,
-    result: _FileResult,
-) -> None:
-    result.rows_read += text_frame.height
+@dataclass
+class _Checked:
+    """A chunk parsed, checked and split, ready to write; nothing of it has touched the warehouse."""
+
+    rows: pl.DataFrame  # the valid rows, in the raw table's columns
+    rejections: pl.DataFrame  # REJECTIONS_FRAME_SCHEMA
+    rows_read: int
+    reject_reasons: Counter[str]
+
+
+# Columns a text frame carries for the rejected rows only; the checks never read them.
+_REJECTION_ONLY = ("raw", "parse_error", "parse_kind", "_original")
+
+
+def _check_chunk(target: _Target, text_frame: pl.DataFrame, source_file: str, loaded_at: datetime) -> _Checked:
     unparsed = text_frame.filter(pl.col("parse_error").is_not_null())
     parsed = typed_frame(text_frame.filter(pl.col("parse_error").is_null()), target.fields)
-    valid, rejections = target.validate(parsed)
+    valid, rejections = target.validate(parsed.drop(_REJECTION_ONLY, strict=False))
 
     rejected = parsed.gather(rejections["index"])
     if "_original" in rejected.columns:
         rejected = rejected.with_columns(raw=pl.coalesce("raw", pl.col("_original").struct.json_encode()))
     rejected = rejected.select("source_line", "raw")
-    result.reject_reasons.update(unparsed["parse_kind"].to_list())
+    reasons = Counter(unparsed["parse_kind"].to_list())
     for kinds in rejections["kinds"].to_list():
-        result.reject_reasons.update(kinds)
-    result.rows_rejected += unparsed.height + rejected.height
-    _insert_rejections(
-        con,
-        pl.concat(
-            [
-                unparsed.select("source_line", "raw", reason="parse_error"),
-                rejected.with_columns(reason=rejections["reason"]),
-            ]
-        ).select(
-            source_table=pl.lit(target.table),
-            source_file=pl.lit(source_file),
-            line=pl.col("source_line").cast(pl.Int32),
-            raw="raw",
-            reason="reason",
-            rejected_at=pl.lit(loaded_at, dtype=pl.Datetime("us")),
-        ),
+        reasons.update(kinds)
+    rejection_rows = pl.concat(
+        [
+            unparsed.select("source_line", "raw", reason="parse_error"),
+            rejected.with_columns(reason=rejections["reason"]),
+        ]
+    ).select(
+        source_table=pl.lit(target.table),
+        source_file=pl.lit(source_file),
+        line=pl.col("source_line").cast(pl.Int32),
+        raw="raw",
+        reason="reason",
+        rejected_at=pl.lit(loaded_at, dtype=pl.Datetime("us")),
     )
-
-    if valid.is_empty():
-        return
     rows = valid.select(
         *target.columns,
         source_file=pl.lit(source_file),
         source_line=pl.col("source_line").cast(pl.Int32),
         loaded_at=pl.lit(loaded_at, dtype=pl.Datetime("us")),
+        **(_insert_keys(pl.col("event_id")) if target is EVENTS else {}),
     )
-    written = _insert_events(con, rows) if target is EVENTS else _upsert_contacts(con, rows)
-    result.rows_loaded += written
-    result.rows_duplicate += valid.height - written
+    return _Checked(rows, rejection_rows, text_frame.height, reasons)
 
 
 def landing_files(folder: Path) -> list[Path]:
@@ -841,6 +914,168 @@ def _add(report: IngestReport, result: _FileResult) -> None:
     report.reject_reasons.update(result.reject_reasons)
 
 
+# Valid events wait in memory until this many are checked (or the transaction ends), then go in as
+# one insert while the next rows are read. Each insert reads the stored ids once to dedupe, so as the
+# table grows the inserts grow with it (a quarter of the stored rows), keeping that reading linear.
+INSERT_EVERY_ROWS = 250_000
+
+
+class _BatchWriter:
+    """Writes one transaction's files: rejections and events in bulk, then each file's raw.loaded_files row.
+
+    Events of several files share an insert; a file is recorded once all its rows are written, so its
+    rows_loaded is known, and always in the same transaction as its rows.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, target: _Target, loaded_at: datetime):
+        self.con = con
+        self.target = target
+        self.loaded_at = loaded_at
+        self.events: list[pl.DataFrame] = []
+        self.buffered_rows = 0
+        ((self.stored_rows,),) = con.execute(f"select count(*) from raw.{target.table}").fetchall()
+        self.rejections: list[pl.DataFrame] = []
+        self.results: dict[str, _FileResult] = {}
+        self.finished: list[_PendingFile] = []
+
+    def add(self, file: _PendingFile, result: _FileResult, checked: _Checked) -> None:
+        self.results[file.source_file] = result
+        result.rows_read += checked.rows_read
+        result.rows_rejected += checked.rejections.height
+        result.rows_valid += checked.rows.height
+        result.reject_reasons.update(checked.reject_reasons)
+        if not checked.rejections.is_empty():
+            self.rejections.append(checked.rejections)
+        if checked.rows.is_empty():
+            return
+        if self.target is EVENTS:
+            self.events.append(checked.rows)
+            self.buffered_rows += checked.rows.height
+            if self.buffered_rows >= max(INSERT_EVERY_ROWS, self.stored_rows // 4):
+                self._write_rows()
+        else:
+            # Contacts are few and upserted chunk by chunk, as "newest updated_at wins" reads the table.
+            result.rows_loaded += _upsert_contacts(self.con, checked.rows)
+
+    def finish_file(self, file: _PendingFile, result: _FileResult) -> None:
+        self.results[file.source_file] = result
+        self.finished.append(file)
+
+    def flush(self) -> None:
+        """Write everything held back and record the finished files."""
+        self._write_rows()
+        for file in self.finished:
+            result = self.results[file.source_file]
+            result.rows_duplicate = result.rows_valid - result.rows_loaded
+            _record_file(
+                self.con, self.target.table, file.source_file, file.size, file.mtime_ns, result, self.loaded_at
+            )
+        self.finished.clear()
+
+    def _write_rows(self) -> None:
+        if self.rejections:
+            _insert_rejections(self.con, pl.concat(self.rejections))
+            self.rejections.clear()
+        if self.events:
+            loaded = _insert_events(self.con, pl.concat(self.events))
+            for source_file, rows_loaded in loaded.iter_rows():
+                self.results[source_file].rows_loaded += rows_loaded
+                self.stored_rows += rows_loaded
+            self.events.clear()
+            self.buffered_rows = 0
+
+
+# How many checked rows the reading thread may hold ready for the writer (it always may hold one
+# chunk): enough to keep reading while an insert runs, little enough to bound memory.
+READ_AHEAD_ROWS = 500_000
+_END_OF_FILE = None
+
+
+class _ReadAhead:
+    """Reads and checks `files` in order on a thread of its own while the caller writes.
+
+    Parsing and checking (polars, DuckDB's JSON functions on their own connection) and writing to the
+    warehouse each keep about one core busy, so on two cores they overlap. The thread touches no
+    warehouse connection. It hands over each chunk, then an end-of-file marker per file; a file that
+    cannot be read ends the reading (the caller starts again without it), and any other error is
+    raised where the caller takes the next chunk.
+    """
+
+    def __init__(
+        self, files: list[_PendingFile], target: _Target, loaded_at: datetime, json_con: duckdb.DuckDBPyConnection
+    ):
+        self._ready: deque[tuple[_PendingFile | None, object, int]] = deque()
+        self._rows_ready = 0
+        self._changed = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._read, args=(files, target, loaded_at, json_con), name="nudge-ingest-read", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, file: _PendingFile | None, item: object, rows: int = 0) -> bool:
+        with self._changed:
+            while not self._stopped and self._ready and self._rows_ready + rows > READ_AHEAD_ROWS:
+                self._changed.wait()
+            if self._stopped:
+                return False
+            self._ready.append((file, item, rows))
+            self._rows_ready += rows
+            self._changed.notify_all()
+            return True
+
+    def _take(self) -> tuple[_PendingFile | None, object]:
+        with self._changed:
+            while not self._ready:
+                self._changed.wait()
+            file, item, rows = self._ready.popleft()
+            self._rows_ready -= rows
+            self._changed.notify_all()
+            return file, item
+
+    def _read(
+        self, files: list[_PendingFile], target: _Target, loaded_at: datetime, json_con: duckdb.DuckDBPyConnection
+    ) -> None:
+        try:
+            for file in files:
+                chunks = READERS[LANDING_SUFFIXES[file.path.suffix.lower()]](file.path, target.fields, json_con)
+                while True:
+                    try:
+                        chunk = next(chunks, None)
+                    except _UNREADABLE_FILE_ERRORS as error:
+                        self._put(file, _UnreadableFileError(file, error))
+                        return
+                    if chunk is None:
+                        break
+                    checked = _check_chunk(target, chunk, file.source_file, loaded_at)
+                    if not self._put(file, checked, checked.rows_read):
+                        return
+                if not self._put(file, _END_OF_FILE):
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, who raises it
+            self._put(None, error)
+
+    def chunks_of(self, file: _PendingFile) -> Iterator[_Checked]:
+        """The checked chunks of `file`, the next file the thread reads."""
+        while True:
+            source, item = self._take()
+            if isinstance(item, BaseException):
+                raise item
+            if source is not file:
+                raise RuntimeError(f"read ahead out of step: expected {file.source_file}")
+            if item is _END_OF_FILE:
+                return
+            assert isinstance(item, _Checked)
+            yield item
+
+    def close(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._ready.clear()
+            self._changed.notify_all()
+        self._thread.join()
+
+
 def _ingest(
     con: duckdb.DuckDBPyConnection, landing_dir: Path, target: _Target, loaded_at: datetime | None
 ) -> IngestReport:
@@ -852,18 +1087,22 @@ def _ingest(
     with duckdb.connect() as json_con:
         start = 0
         while start < len(pending):
+            ahead = _ReadAhead(pending[start:], target, loaded_at, json_con)
             try:
-                start = _load_batch(con, json_con, target, pending, start, loaded_at, report)
+                while start < len(pending):
+                    start = _load_batch(con, ahead, target, pending, start, loaded_at, report)
             except _UnreadableFileError as error:
                 # The batch in progress was rolled back: record the file on its own, then redo the batch.
                 _add(report, _unreadable_file(con, target.table, error.pending, error.cause, loaded_at))
                 pending.remove(error.pending)
+            finally:
+                ahead.close()
     return report
 
 
 def _load_batch(
     con: duckdb.DuckDBPyConnection,
-    json_con: duckdb.DuckDBPyConnection,
+    ahead: _ReadAhead,
     target: _Target,
     pending: list[_PendingFile],
     start: int,
@@ -879,14 +1118,19 @@ def _load_batch(
     results: list[_FileResult] = []
     rows = 0
     position = start
+    writer = _BatchWriter(con, target, loaded_at)
     con.begin()
     try:
         while position < len(pending) and (rows < COMMIT_EVERY_ROWS or not results):
             file = pending[position]
-            result = _load_file(con, json_con, target, file, loaded_at)
+            result = _FileResult()
+            for checked in ahead.chunks_of(file):
+                writer.add(file, result, checked)
+            writer.finish_file(file, result)
             results.append(result)
             rows += result.rows_read
             position += 1
+        writer.flush()
         con.commit()
     except BaseException:
         _rollback_if_open(con)
@@ -894,28 +1138,6 @@ def _load_batch(
     for result in results:
         _add(report, result)
     return position
-
-
-def _load_file(
-    con: duckdb.DuckDBPyConnection,
-    json_con: duckdb.DuckDBPyConnection,
-    target: _Target,
-    file: _PendingFile,
-    loaded_at: datetime,
-) -> _FileResult:
-    reader = READERS[LANDING_SUFFIXES[file.path.suffix.lower()]]
-    result = _FileResult()
-    chunks = reader(file.path, target.fields, json_con)
-    while True:
-        try:
-            chunk = next(chunks, None)
-        except _UNREADABLE_FILE_ERRORS as error:
-            raise _UnreadableFileError(file, error) from error
-        if chunk is None:
-            break
-        _load_chunk(con, target, chunk, file.source_file, loaded_at, result)
-    _record_file(con, target.table, file.source_file, file.size, file.mtime_ns, result, loaded_at)
-    return result
 
 
 def _rollback_if_open(con: duckdb.DuckDBPyConnection) -> None:

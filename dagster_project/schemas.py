@@ -1,12 +1,16 @@
 """What a parsed landing row must satisfy before it reaches a raw table.
 
 Ingestion parses a file into a polars frame (ids stripped, timestamps converted
-to UTC, properties normalised to JSON text) and validates it here with pandera.
-Each check is named for the rule it enforces; `split_valid` turns pandera's
-failure cases into one rejection per row whose reason says what is wrong with
-the value and how to fix it, e.g. "email 'not-an-email' is not a valid
-address: ...". The parse keeps the original text of every parsed field
-(`occurred_at_text`, `properties_text`, ...) so reasons can quote it.
+to UTC, properties normalised to JSON text) and validates it here. The pandera
+models are the declared contract; each row check is one polars expression
+(`EVENT_CHECKS`, `CONTACT_CHECKS`) that the model's check runs, and that
+`split_valid` runs for every row in one vectorised pass, so a million rows do
+not pay for pandera's per-check collects and failure-case frames. pandera itself
+checks the frame's columns and types, once per frame layout. Each failing row
+becomes one rejection whose reason says what is wrong with the value and how to
+fix it, e.g. "email 'not-an-email' is not a valid address: ...". The parse
+keeps the original text of every parsed field (`occurred_at_text`,
+`properties_text`, ...) so reasons can quote it.
 """
 
 from __future__ import annotations
@@ -45,20 +49,31 @@ def _is_present(column: str) -> pl.Expr:
     return pl.col(column).is_not_null() & (pl.col(column).str.strip_chars().str.len_chars() > 0)
 
 
-def _present_check(data: PolarsData) -> pl.LazyFrame:
-    return data.lazyframe.select(_is_present(data.key))
+# Each row check, by its name, as one polars expression that is true where the row passes. The
+# pandera models below run these very expressions, and split_valid runs them all at once.
+EVENT_CHECKS: dict[str, pl.Expr] = {
+    "event_id_present": _is_present("event_id"),
+    # An anonymous event (an install before the signup) has only anonymous_id; dbt stitches it to
+    # the contact once an event carries both ids. A row with neither belongs to nobody.
+    "contact_id_or_anonymous_id_present": _is_present("contact_id") | _is_present("anonymous_id"),
+    "name_present": _is_present("name"),
+    "occurred_at_is_timestamp_with_offset": pl.col("occurred_at").is_not_null(),
+    "properties_is_object": pl.col("properties").is_not_null(),
+    "is_syncing_is_boolean": pl.col("is_syncing").is_not_null(),
+    "fields_have_expected_types": pl.col("field_errors").is_null(),
+}
+CONTACT_CHECKS: dict[str, pl.Expr] = {
+    "contact_id_present": _is_present("contact_id"),
+    # email_is_valid_address needs the chunk's distinct addresses first: see contact_checks
+    "status_is_known": pl.col("status").is_in(CONTACT_STATUSES).fill_null(False),
+    "properties_is_object": pl.col("properties").is_not_null(),
+    "updated_at_is_timestamp_with_offset": pl.col("updated_at").is_not_null(),
+    "fields_have_expected_types": pl.col("field_errors").is_null(),
+}
 
 
-def _either_present_check(data: PolarsData, other: str) -> pl.LazyFrame:
-    return data.lazyframe.select(_is_present(data.key) | _is_present(other))
-
-
-def _not_null_check(data: PolarsData) -> pl.LazyFrame:
-    return data.lazyframe.select(pl.col(data.key).is_not_null())
-
-
-def _no_errors_check(data: PolarsData) -> pl.LazyFrame:
-    return data.lazyframe.select(pl.col(data.key).is_null())
+def _run(data: PolarsData, check: pl.Expr) -> pl.LazyFrame:
+    return data.lazyframe.select(check)
 
 
 # --- email addresses ------------------------------------------------------------------------------
@@ -102,10 +117,21 @@ def invalid_emails(emails: pl.Series) -> pl.Series:
     return pl.Series("email", [email for email in suspicious.to_list() if email_problem(email)], dtype=pl.String)
 
 
+def _email_passes(emails: pl.Series) -> pl.Expr:
+    """True where the email column holds a valid address; a null email passes (a contact may have none)."""
+    return pl.col("email").is_null() | ~pl.col("email").is_in(invalid_emails(emails).implode())
+
+
+def contact_checks(emails: pl.Series) -> dict[str, pl.Expr]:
+    """Every contact check for a chunk whose email column is `emails`, in the model's column order
+    (the order a rejection names its reasons in)."""
+    first, *rest = CONTACT_CHECKS.items()
+    return dict([first, ("email_is_valid_address", _email_passes(emails)), *rest])
+
+
 def _email_check(data: PolarsData) -> pl.LazyFrame:
     emails = data.lazyframe.select(pl.col(data.key)).collect().to_series()
-    # null emails stay null here and pass: a contact without an address is allowed
-    return data.lazyframe.select(~pl.col(data.key).is_in(invalid_emails(emails).implode()))
+    return data.lazyframe.select(_email_passes(emails))
 
 
 # --- schemas -------------------------------------------------------------------------------------
@@ -132,33 +158,31 @@ class EventsFrame(pa.DataFrameModel):
 
     @pa.check("event_id", name="event_id_present", ignore_na=False)
     def event_id_present(cls, data: PolarsData) -> pl.LazyFrame:
-        return _present_check(data)
+        return _run(data, EVENT_CHECKS["event_id_present"])
 
-    # An anonymous event (an install before the signup) has only anonymous_id; dbt stitches it to
-    # the contact once an event carries both ids. A row with neither belongs to nobody.
     @pa.check("contact_id", name="contact_id_or_anonymous_id_present", ignore_na=False)
     def contact_id_or_anonymous_id_present(cls, data: PolarsData) -> pl.LazyFrame:
-        return _either_present_check(data, "anonymous_id")
+        return _run(data, EVENT_CHECKS["contact_id_or_anonymous_id_present"])
 
     @pa.check("name", name="name_present", ignore_na=False)
     def name_present(cls, data: PolarsData) -> pl.LazyFrame:
-        return _present_check(data)
+        return _run(data, EVENT_CHECKS["name_present"])
 
     @pa.check("occurred_at", name="occurred_at_is_timestamp_with_offset", ignore_na=False)
     def occurred_at_parsed(cls, data: PolarsData) -> pl.LazyFrame:
-        return _not_null_check(data)
+        return _run(data, EVENT_CHECKS["occurred_at_is_timestamp_with_offset"])
 
     @pa.check("properties", name="properties_is_object", ignore_na=False)
     def properties_is_object(cls, data: PolarsData) -> pl.LazyFrame:
-        return _not_null_check(data)
+        return _run(data, EVENT_CHECKS["properties_is_object"])
 
     @pa.check("is_syncing", name="is_syncing_is_boolean", ignore_na=False)
     def is_syncing_is_boolean(cls, data: PolarsData) -> pl.LazyFrame:
-        return _not_null_check(data)
+        return _run(data, EVENT_CHECKS["is_syncing_is_boolean"])
 
     @pa.check("field_errors", name="fields_have_expected_types", ignore_na=False)
     def fields_have_expected_types(cls, data: PolarsData) -> pl.LazyFrame:
-        return _no_errors_check(data)
+        return _run(data, EVENT_CHECKS["fields_have_expected_types"])
 
 
 class ContactsFrame(pa.DataFrameModel):
@@ -182,27 +206,27 @@ class ContactsFrame(pa.DataFrameModel):
 
     @pa.check("contact_id", name="contact_id_present", ignore_na=False)
     def contact_id_present(cls, data: PolarsData) -> pl.LazyFrame:
-        return _present_check(data)
+        return _run(data, CONTACT_CHECKS["contact_id_present"])
 
     @pa.check("status", name="status_is_known", ignore_na=False)
     def status_is_known(cls, data: PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(pl.col(data.key).is_in(CONTACT_STATUSES).fill_null(False))
+        return _run(data, CONTACT_CHECKS["status_is_known"])
 
-    @pa.check("email", name="email_is_valid_address")
+    @pa.check("email", name="email_is_valid_address", ignore_na=False)
     def email_is_valid_address(cls, data: PolarsData) -> pl.LazyFrame:
         return _email_check(data)
 
     @pa.check("updated_at", name="updated_at_is_timestamp_with_offset", ignore_na=False)
     def updated_at_parsed(cls, data: PolarsData) -> pl.LazyFrame:
-        return _not_null_check(data)
+        return _run(data, CONTACT_CHECKS["updated_at_is_timestamp_with_offset"])
 
     @pa.check("properties", name="properties_is_object", ignore_na=False)
     def properties_is_object(cls, data: PolarsData) -> pl.LazyFrame:
-        return _not_null_check(data)
+        return _run(data, CONTACT_CHECKS["properties_is_object"])
 
     @pa.check("field_errors", name="fields_have_expected_types", ignore_na=False)
     def fields_have_expected_types(cls, data: PolarsData) -> pl.LazyFrame:
-        return _no_errors_check(data)
+        return _run(data, CONTACT_CHECKS["fields_have_expected_types"])
 
 
 # --- reasons -------------------------------------------------------------------------------------
@@ -333,36 +357,55 @@ def explain(
     return pl.DataFrame({"index": indexes, "reason": out_reasons, "kinds": out_kinds}, schema=REJECTIONS_SCHEMA)
 
 
+_LAYOUTS_CHECKED: set[tuple[type[pa.DataFrameModel], tuple[tuple[str, pl.DataType], ...]]] = set()
+
+
+def _check_layout(schema: type[pa.DataFrameModel], frame: pl.DataFrame) -> None:
+    """pandera checks the frame's columns and dtypes (on no rows: the rows are checked by expression).
+
+    A parse turns out frames of one layout per file format, so each layout is checked once a process.
+    """
+    layout = (schema, tuple(frame.schema.items()))
+    if layout not in _LAYOUTS_CHECKED:
+        schema.validate(frame.clear(), lazy=True)
+        _LAYOUTS_CHECKED.add(layout)
+
+
+def failed_checks(frame: pl.DataFrame, checks: Mapping[str, pl.Expr]) -> pl.DataFrame:
+    """One boolean column per check, true where the row fails it (a null result fails too)."""
+    return frame.select(~expr.fill_null(False).alias(name) for name, expr in checks.items())
+
+
 def split_valid(
     schema: type[pa.DataFrameModel],
     frame: pl.DataFrame,
+    checks: Mapping[str, pl.Expr],
     reasons: Mapping[str, Callable[[Mapping[str, Any]], Reason]],
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Validate `frame` (a DataFrame, so every row is checked) and split it.
+    """Check every row of `frame` and split it.
 
     Returns the valid rows and the rejections (index into `frame`, reason, kinds).
     A failure that is not about rows (a missing column, a wrong dtype) is a bug in
-    the parse, not bad data, so it raises.
+    the parse, not bad data, so it raises pandera's SchemaErrors.
     """
-    try:
-        schema.validate(frame, lazy=True)
-    except pa.errors.SchemaErrors as errors:
-        cases = errors.failure_cases
-        row_cases = cases.filter(pl.col("index").is_not_null() & pl.col("check").is_in(list(reasons)))
-        if row_cases.height < cases.height:
-            raise
-        failed: dict[int, list[str]] = {}
-        for index, check in row_cases.select("index", "check").iter_rows():
-            failed.setdefault(int(index), []).append(check)
-        rejections = explain(frame, failed, reasons)
-        keep = pl.Series([True] * frame.height, dtype=pl.Boolean).scatter(rejections["index"], False)
-        return frame.filter(keep), rejections
-    return frame, pl.DataFrame(schema=REJECTIONS_SCHEMA)
+    _check_layout(schema, frame)
+    failures = failed_checks(frame, checks)
+    failing = failures.select(pl.any_horizontal(pl.all())).to_series()
+    if not failing.any():
+        return frame, pl.DataFrame(schema=REJECTIONS_SCHEMA)
+    positions = failing.arg_true()
+    names = list(checks)
+    failed: dict[int, list[str]] = {
+        int(index): [name for name, failed in zip(names, row) if failed]
+        for index, row in zip(positions.to_list(), failures.gather(positions).iter_rows())
+    }
+    return frame.filter(~failing), explain(frame, failed, reasons)
 
 
 def validate_events(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    return split_valid(EventsFrame, frame, EVENT_REASONS)
+    return split_valid(EventsFrame, frame, EVENT_CHECKS, EVENT_REASONS)
 
 
 def validate_contacts(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    return split_valid(ContactsFrame, frame, CONTACT_REASONS)
+    _check_layout(ContactsFrame, frame)
+    return split_valid(ContactsFrame, frame, contact_checks(frame.get_column("email")), CONTACT_REASONS)

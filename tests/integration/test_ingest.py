@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -252,6 +253,74 @@ def test_a_duplicate_id_inside_one_file_keeps_the_first(tmp_path, con):
     report = ingest_events(con, landing)
     assert (report.rows_loaded, report.rows_duplicate) == (1, 1)
     assert con.execute("select name, source_line from raw.events").fetchall() == [("first", 1)]
+
+
+@pytest.fixture
+def small_units(monkeypatch):
+    """Every path of the bulk insert at a size a test can reach: an insert per chunk, ids looked up in
+    the primary key's index two at a time, a read-ahead of one chunk."""
+    monkeypatch.setattr(ingest_module, "INSERT_EVERY_ROWS", 1)
+    monkeypatch.setattr(ingest_module, "LOOKUP_SHARE", 0)
+    monkeypatch.setattr(ingest_module, "LOOKUP_IDS", 2)
+    monkeypatch.setattr(ingest_module, "READ_AHEAD_ROWS", 1)
+
+
+def test_ids_looked_up_in_the_index_dedupe_like_the_hash_join(landing, sample, con, tmp_path, small_units, monkeypatch):
+    _, summary = sample
+    report = ingest_events(con, landing)
+    assert (report.rows_loaded, report.rows_duplicate) == (summary.events, summary.duplicate_event_rows)
+    with duckdb.connect(str(tmp_path / "bulk.duckdb")) as bulk, monkeypatch.context() as defaults:
+        defaults.setattr(ingest_module, "INSERT_EVERY_ROWS", 250_000)
+        defaults.setattr(ingest_module, "LOOKUP_SHARE", 512)
+        ingest_events(bulk, landing)
+        stored = "select * exclude (loaded_at) from raw.events order by event_id"
+        assert table(con, stored).equals(table(bulk, stored))
+    before = snapshot(con)
+    # a re-sent file and a grown one against the stored table: only the new lines count
+    path = sorted((landing / "events").glob("*.jsonl"))[-1]
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(lines_of(path)[0] + "\n")
+        handle.write('{"event_id": "e_late", "contact_id": "c_000001", "name": "x", "occurred_at": "2026-10-31T23:59:00Z"}\n')
+    for each in (landing / "events").iterdir():
+        os.utime(each, ns=(each.stat().st_atime_ns, each.stat().st_mtime_ns + 1_000_000_000))
+    again = ingest_events(con, landing)
+    assert again.rows_loaded == 1
+    assert count(con, "select count(*) from raw.events") == before["events"].height + 1
+
+
+def test_the_first_row_of_an_id_wins_across_files_and_inserts(tmp_path, con, small_units):
+    landing = tmp_path / "landing"
+    row = {"event_id": "e_1", "contact_id": "c_1", "occurred_at": "2026-10-31T10:00:00Z"}
+    write_jsonl(landing / "events" / "a.jsonl", [{**row, "name": "first"}, {**row, "name": "second"}])
+    write_jsonl(landing / "events" / "b.jsonl", [{**row, "name": "third"}, {**row, "event_id": "e_2", "name": "x"}])
+    report = ingest_events(con, landing)
+    assert (report.rows_loaded, report.rows_duplicate) == (2, 2)
+    assert con.execute("select event_id, name, source_line from raw.events order by 1").fetchall() == [
+        ("e_1", "first", 1),
+        ("e_2", "x", 2),
+    ]
+    per_file = con.execute("select rows_loaded, rows_rejected from raw.loaded_files order by path").fetchall()
+    assert per_file == [(1, 0), (1, 0)]
+
+
+def test_an_error_while_reading_ahead_fails_the_load_and_commits_nothing(landing, con, monkeypatch):
+    checked = 0
+    check_chunk = ingest_module._check_chunk
+
+    def failing(*args):
+        nonlocal checked
+        checked += 1
+        if checked == 3:
+            raise RuntimeError("a bug in the parse")
+        return check_chunk(*args)
+
+    monkeypatch.setattr(ingest_module, "_check_chunk", failing)
+    threads = threading.active_count()
+    with pytest.raises(RuntimeError, match="a bug in the parse"):
+        ingest_events(con, landing)
+    assert threading.active_count() == threads  # the reading thread is gone too
+    assert count(con, "select count(*) from raw.events") == 0
+    assert count(con, "select count(*) from raw.loaded_files") == 0
 
 
 # --- anonymous events ----------------------------------------------------------------------------

@@ -12,8 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagster_project.schemas import (
+    EVENT_CHECKS,
+    ContactsFrame,
     EventsFrame,
+    contact_checks,
     email_problem,
+    failed_checks,
     invalid_emails,
     validate_contacts,
     validate_events,
@@ -317,3 +321,78 @@ ADDRESS_LIKE = st.from_regex(r"[a-z.]{1,8}@[a-z-]{1,8}(\.[a-z0-9-]{1,5}){1,2}", 
 @given(st.lists(st.emails() | st.text(max_size=30) | ADDRESS_LIKE, max_size=20))
 def test_invalid_emails_fast_path_never_accepts_what_email_validator_rejects(emails):
     assert set(invalid_emails(pl.Series(emails, dtype=pl.String)).to_list()) == _validator_says_invalid(emails)
+
+
+# --- the vectorised checks are the pandera model's checks ------------------------------------------
+# split_valid runs the check expressions itself (one pass, no failure-case frames); pandera, given
+# the same frame, must fail exactly the same rows on exactly the same checks.
+
+maybe_text = st.sampled_from([None, "", "  ", "\u3000", "x", " y ", "subscribed", "Cleaned", "pending"])
+maybe_email = st.sampled_from([None, "", "zoe@example.com", "not-an-email", "a@localhost", "josé@example.com"])
+maybe_moment = st.sampled_from([None, datetime(2026, 10, 31, 12, 0)])
+maybe_flag = st.sampled_from([None, True, False])
+maybe_errors = st.sampled_from([None, "event_id must be text, got 1.5"])
+maybe_properties = st.sampled_from([None, "{}"])
+
+
+def _pandera_failures(model: type[pa.DataFrameModel], frame: pl.DataFrame) -> set[tuple[int, str]]:
+    try:
+        model.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        return {(int(i), check) for i, check in errors.failure_cases.select("index", "check").iter_rows()}
+    return set()
+
+
+def _expression_failures(frame: pl.DataFrame, checks) -> set[tuple[int, str]]:
+    failures = failed_checks(frame, checks)
+    return {(index, name) for name in failures.columns for index in failures.get_column(name).arg_true().to_list()}
+
+
+def frames_of(values: dict) -> st.SearchStrategy[list[dict]]:
+    """Up to 12 rows whose fields take the given values."""
+    return st.lists(st.fixed_dictionaries(values), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    frames_of(
+        {
+            "event_id": maybe_text,
+            "contact_id": maybe_text,
+            "anonymous_id": maybe_text,
+            "name": maybe_text,
+            "occurred_at": maybe_moment,
+            "properties": maybe_properties,
+            "is_syncing": maybe_flag,
+            "field_errors": maybe_errors,
+        }
+    )
+)
+def test_event_checks_fail_the_rows_pandera_fails(rows):
+    frame = events(*(good_event(**row) for row in rows))
+    assert _expression_failures(frame, EVENT_CHECKS) == _pandera_failures(EventsFrame, frame)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    frames_of(
+        {
+            "contact_id": maybe_text,
+            "email": maybe_email,
+            "status": maybe_text,
+            "properties": maybe_properties,
+            "updated_at": maybe_moment,
+            "field_errors": maybe_errors,
+        }
+    )
+)
+def test_contact_checks_fail_the_rows_pandera_fails(rows):
+    frame = contacts(*(good_contact(**row) for row in rows))
+    checks = contact_checks(frame.get_column("email"))
+    assert _expression_failures(frame, checks) == _pandera_failures(ContactsFrame, frame)
+
+
+def test_a_column_of_the_wrong_dtype_is_a_bug_and_raises():
+    frame = events(good_event()).with_columns(pl.col("occurred_at").dt.to_string())
+    with pytest.raises((pa.errors.SchemaErrors, pa.errors.SchemaError)):
+        validate_events(frame)
