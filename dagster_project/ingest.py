@@ -1,9 +1,10 @@
 """Landing files -> raw.events, raw.contacts (and raw.rejected_rows).
 
 Each file is parsed into a polars frame that keeps every row's line number and
-original text, checked with the pandera schemas, and written to DuckDB: good
-rows in bulk, bad rows to raw.rejected_rows with a reason, and the file's size
-and mtime to raw.loaded_files, in the same transaction, so an unchanged file is
+original text, checked with the pandera schemas' checks (one vectorised pass),
+and written to DuckDB: good rows in bulk (the events of several files in one
+insert), bad rows to raw.rejected_rows with a reason, and the file's size and
+mtime to raw.loaded_files, in the same transaction, so an unchanged file is
 never read twice and a crash never records a file without its rows.
 
 Loading is idempotent: events insert only ids the table does not hold yet
