@@ -1,9 +1,10 @@
 """Landing files -> raw.events, raw.contacts (and raw.rejected_rows).
 
 Each file is parsed into a polars frame that keeps every row's line number and
-original text, checked with the pandera schemas, and written to DuckDB: good
-rows in bulk, bad rows to raw.rejected_rows with a reason, and the file's size
-and mtime to raw.loaded_files, in the same transaction, so an unchanged file is
+original text, checked with the pandera schemas' checks (one vectorised pass),
+and written to DuckDB: good rows in bulk (the events of several files in one
+insert), bad rows to raw.rejected_rows with a reason, and the file's size and
+mtime to raw.loaded_files, in the same transaction, so an unchanged file is
 never read twice and a crash never records a file without its rows.
 
 Loading is idempotent: events insert only ids the table does not hold yet
@@ -18,8 +19,7 @@ their contact; a row with neither id is rejected.
 
 # No `from __future__ import annotations` here: Dagster reads the asset functions' type hints at runtime.
 import re
-import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -914,10 +914,9 @@ def _add(report: IngestReport, result: _FileResult) -> None:
     report.reject_reasons.update(result.reject_reasons)
 
 
-# Valid events wait in memory until this many are checked (or the transaction ends), then go in as
-# one insert while the next rows are read. Each insert reads the stored ids once to dedupe, so as the
-# table grows the inserts grow with it (a quarter of the stored rows), keeping that reading linear.
-INSERT_EVERY_ROWS = 250_000
+# Valid events wait in memory until about this many are checked (or the transaction ends), then go
+# in as one insert: each insert reads the stored ids once to dedupe, so few large ones cost least.
+INSERT_EVERY_ROWS = 1_000_000
 
 
 class _BatchWriter:
@@ -933,7 +932,6 @@ class _BatchWriter:
         self.loaded_at = loaded_at
         self.events: list[pl.DataFrame] = []
         self.buffered_rows = 0
-        ((self.stored_rows,),) = con.execute(f"select count(*) from raw.{target.table}").fetchall()
         self.rejections: list[pl.DataFrame] = []
         self.results: dict[str, _FileResult] = {}
         self.finished: list[_PendingFile] = []
@@ -951,7 +949,7 @@ class _BatchWriter:
         if self.target is EVENTS:
             self.events.append(checked.rows)
             self.buffered_rows += checked.rows.height
-            if self.buffered_rows >= max(INSERT_EVERY_ROWS, self.stored_rows // 4):
+            if self.buffered_rows >= INSERT_EVERY_ROWS:
                 self._write_rows()
         else:
             # Contacts are few and upserted chunk by chunk, as "newest updated_at wins" reads the table.
@@ -980,100 +978,8 @@ class _BatchWriter:
             loaded = _insert_events(self.con, pl.concat(self.events))
             for source_file, rows_loaded in loaded.iter_rows():
                 self.results[source_file].rows_loaded += rows_loaded
-                self.stored_rows += rows_loaded
             self.events.clear()
             self.buffered_rows = 0
-
-
-# How many checked rows the reading thread may hold ready for the writer (it always may hold one
-# chunk): enough to keep reading while an insert runs, little enough to bound memory.
-READ_AHEAD_ROWS = 500_000
-_END_OF_FILE = None
-
-
-class _ReadAhead:
-    """Reads and checks `files` in order on a thread of its own while the caller writes.
-
-    Parsing and checking (polars, DuckDB's JSON functions on their own connection) and writing to the
-    warehouse each keep about one core busy, so on two cores they overlap. The thread touches no
-    warehouse connection. It hands over each chunk, then an end-of-file marker per file; a file that
-    cannot be read ends the reading (the caller starts again without it), and any other error is
-    raised where the caller takes the next chunk.
-    """
-
-    def __init__(
-        self, files: list[_PendingFile], target: _Target, loaded_at: datetime, json_con: duckdb.DuckDBPyConnection
-    ):
-        self._ready: deque[tuple[_PendingFile | None, object, int]] = deque()
-        self._rows_ready = 0
-        self._changed = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(
-            target=self._read, args=(files, target, loaded_at, json_con), name="nudge-ingest-read", daemon=True
-        )
-        self._thread.start()
-
-    def _put(self, file: _PendingFile | None, item: object, rows: int = 0) -> bool:
-        with self._changed:
-            while not self._stopped and self._ready and self._rows_ready + rows > READ_AHEAD_ROWS:
-                self._changed.wait()
-            if self._stopped:
-                return False
-            self._ready.append((file, item, rows))
-            self._rows_ready += rows
-            self._changed.notify_all()
-            return True
-
-    def _take(self) -> tuple[_PendingFile | None, object]:
-        with self._changed:
-            while not self._ready:
-                self._changed.wait()
-            file, item, rows = self._ready.popleft()
-            self._rows_ready -= rows
-            self._changed.notify_all()
-            return file, item
-
-    def _read(
-        self, files: list[_PendingFile], target: _Target, loaded_at: datetime, json_con: duckdb.DuckDBPyConnection
-    ) -> None:
-        try:
-            for file in files:
-                chunks = READERS[LANDING_SUFFIXES[file.path.suffix.lower()]](file.path, target.fields, json_con)
-                while True:
-                    try:
-                        chunk = next(chunks, None)
-                    except _UNREADABLE_FILE_ERRORS as error:
-                        self._put(file, _UnreadableFileError(file, error))
-                        return
-                    if chunk is None:
-                        break
-                    checked = _check_chunk(target, chunk, file.source_file, loaded_at)
-                    if not self._put(file, checked, checked.rows_read):
-                        return
-                if not self._put(file, _END_OF_FILE):
-                    return
-        except BaseException as error:  # noqa: BLE001 - handed to the caller, who raises it
-            self._put(None, error)
-
-    def chunks_of(self, file: _PendingFile) -> Iterator[_Checked]:
-        """The checked chunks of `file`, the next file the thread reads."""
-        while True:
-            source, item = self._take()
-            if isinstance(item, BaseException):
-                raise item
-            if source is not file:
-                raise RuntimeError(f"read ahead out of step: expected {file.source_file}")
-            if item is _END_OF_FILE:
-                return
-            assert isinstance(item, _Checked)
-            yield item
-
-    def close(self) -> None:
-        with self._changed:
-            self._stopped = True
-            self._ready.clear()
-            self._changed.notify_all()
-        self._thread.join()
 
 
 def _ingest(
@@ -1087,22 +993,18 @@ def _ingest(
     with duckdb.connect() as json_con:
         start = 0
         while start < len(pending):
-            ahead = _ReadAhead(pending[start:], target, loaded_at, json_con)
             try:
-                while start < len(pending):
-                    start = _load_batch(con, ahead, target, pending, start, loaded_at, report)
+                start = _load_batch(con, json_con, target, pending, start, loaded_at, report)
             except _UnreadableFileError as error:
                 # The batch in progress was rolled back: record the file on its own, then redo the batch.
                 _add(report, _unreadable_file(con, target.table, error.pending, error.cause, loaded_at))
                 pending.remove(error.pending)
-            finally:
-                ahead.close()
     return report
 
 
 def _load_batch(
     con: duckdb.DuckDBPyConnection,
-    ahead: _ReadAhead,
+    json_con: duckdb.DuckDBPyConnection,
     target: _Target,
     pending: list[_PendingFile],
     start: int,
@@ -1123,10 +1025,7 @@ def _load_batch(
     try:
         while position < len(pending) and (rows < COMMIT_EVERY_ROWS or not results):
             file = pending[position]
-            result = _FileResult()
-            for checked in ahead.chunks_of(file):
-                writer.add(file, result, checked)
-            writer.finish_file(file, result)
+            result = _load_file(writer, json_con, target, file, loaded_at)
             results.append(result)
             rows += result.rows_read
             position += 1
@@ -1138,6 +1037,28 @@ def _load_batch(
     for result in results:
         _add(report, result)
     return position
+
+
+def _load_file(
+    writer: _BatchWriter,
+    json_con: duckdb.DuckDBPyConnection,
+    target: _Target,
+    file: _PendingFile,
+    loaded_at: datetime,
+) -> _FileResult:
+    reader = READERS[LANDING_SUFFIXES[file.path.suffix.lower()]]
+    result = _FileResult()
+    chunks = reader(file.path, target.fields, json_con)
+    while True:
+        try:
+            chunk = next(chunks, None)
+        except _UNREADABLE_FILE_ERRORS as error:
+            raise _UnreadableFileError(file, error) from error
+        if chunk is None:
+            break
+        writer.add(file, result, _check_chunk(target, chunk, file.source_file, loaded_at))
+    writer.finish_file(file, result)
+    return result
 
 
 def _rollback_if_open(con: duckdb.DuckDBPyConnection) -> None:

@@ -542,9 +542,8 @@ def landing_folders(draw) -> dict:
         "commit_every_rows": draw(st.sampled_from([2_000_000, 1])),
         "parquet_batch_rows": draw(st.sampled_from([500_000, 2])),
         # an insert per chunk, and stored ids looked up in the primary key's index, as for a big table
-        "insert_every_rows": draw(st.sampled_from([250_000, 1])),
+        "insert_every_rows": draw(st.sampled_from([1_000_000, 1])),
         "lookup_share": draw(st.sampled_from([512, 0])),
-        "read_ahead_rows": draw(st.sampled_from([500_000, 1])),
     }
     plan["jsonl_lines"] = {
         (table, name): draw(jsonl_lines(rows))
@@ -712,7 +711,6 @@ def run_property(plan: dict, draw) -> None:
         PARQUET_BATCH_ROWS=options["parquet_batch_rows"],
         INSERT_EVERY_ROWS=options["insert_every_rows"],
         LOOKUP_SHARE=options["lookup_share"],
-        READ_AHEAD_ROWS=options["read_ahead_rows"],
     ):
         landing = Path(folder) / "landing"
         written = write_landing(plan, landing, draw)
