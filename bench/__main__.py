@@ -199,23 +199,31 @@ def main() -> None:
         for label in labels:
             data = dataset(SIZES[label], args.cache, log=console.print)
             figures.extend(bench_size(data, args.out.parent / f"run-{label}"))
+            _write(args.out, figures)
         if args.messages and labels:
             # Sending does not depend on the history's size: once, on the first size's warehouse.
             built = args.out.parent / f"run-{labels[0]}" / "warehouse" / "warehouse.duckdb"
             figures.extend(bench_sending(args.out.parent / "send", built, DBT_PROJECT, REPO / "templates",
                                          args.messages, log=_log))
+            _write(args.out, figures)
         _advance = None
 
     console.print(table(figures))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    console.print(f"Written to {args.out} and {args.out.with_suffix('.md')}")
+
+
+def _write(out: Path, figures: list[Figure]) -> None:
+    """The figures so far, as JSON and as the README's Markdown table: rewritten after each
+    size, so a long run stopped early keeps what it measured."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "duckdb": duckdb.__version__},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "duckdb": duckdb.__version__,
+                    "load_average": os.getloadavg()},
         "figures": [figure.as_json() for figure in figures],
         "where_the_time_goes": {f"{figure.size} {figure.name}": figure.detail for figure in figures if figure.detail},
     }, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(figures) + "\n")
-    console.print(f"Written to {args.out} and {args.out.with_suffix('.md')}")
+    out.with_suffix(".md").write_text(markdown(figures) + "\n")
 
 
 if __name__ == "__main__":
