@@ -92,8 +92,13 @@ def _tick(as_of: datetime, settings: NudgeSettings, verbose: bool, spinner: bool
         return run_tick(defs, as_of, log_level="DEBUG")
     # dagster-dbt echoes dbt's log to stdout (the UI keeps it as the step's compute log); here
     # only the summary is wanted, and failures are reported with it.
-    status = console.status(f"Running a tick as of {format_as_of(as_of)} UTC ...") if spinner else nullcontext()
-    with status, redirect_stdout(io.StringIO()):
+    from dagster_project.send import progress_shown_to
+
+    running = f"Running a tick as of {format_as_of(as_of)} UTC ..."
+    status = console.status(running) if spinner else nullcontext()
+    # A long send shows how far it is in the spinner's line.
+    shown = progress_shown_to(lambda line: status.update(f"{running} {line}")) if spinner else nullcontext()
+    with status, shown, redirect_stdout(io.StringIO()):
         return run_tick(defs, as_of, log_level="ERROR")
 
 

@@ -504,16 +504,31 @@ def send_automation(
     return report
 
 
+# Who else wants to see a long send move (`nudge run` puts the lines in its spinner): called with
+# each progress line, at most once a second, on the sending thread.
+_PROGRESS_WATCHERS: list[Callable[[str], None]] = []
+
+
+@contextmanager
+def progress_shown_to(watch: Callable[[str], None]) -> Iterator[None]:
+    """Call `watch` with the progress lines of every send while this is open."""
+    _PROGRESS_WATCHERS.append(watch)
+    try:
+        yield
+    finally:
+        _PROGRESS_WATCHERS.remove(watch)
+
+
 class _Progress:
     """Log lines for a long send, at most one every `every` seconds: "welcome: 12,000 of 40,000
-    decided, 1,850 msg/s". In `nudge run` and in the Dagster UI the send step's log is where a long
-    send shows it is moving."""
+    decided, 1,850 msg/s". The send step's log shows them in the Dagster UI (and in
+    `nudge run --verbose`); progress watchers (`nudge run`'s spinner) get them every second."""
 
     def __init__(self, automation: str, log: Callable[[str], None], every: float = 10.0) -> None:
         self.automation = automation
         self.log = log
         self.every = every
-        self.started = self.last = time.monotonic()
+        self.started = self.last = self.watched = time.monotonic()
         self.logged = False
 
     def elapsed(self) -> float:
@@ -525,12 +540,19 @@ class _Progress:
 
     def update(self, report: SendReport, total: int) -> None:
         now = time.monotonic()
-        if now - self.last < self.every:
+        logs, watched = now - self.last >= self.every, _PROGRESS_WATCHERS and now - self.watched >= 1.0
+        if not (logs or watched):
             return
-        self.last, self.logged = now, True
         decided = report.due - report.decided_in_sql
-        self.log(f"{self.automation}: {decided:,} of {total:,} decided, {report.sent:,} sent, "
-                 f"{report.sent / (now - self.started):,.0f} msg/s")
+        line = (f"{self.automation}: {decided:,} of {total:,} decided, {report.sent:,} sent, "
+                f"{report.sent / max(now - self.started, 1e-9):,.0f} msg/s")
+        if watched:
+            self.watched = now
+            for watch in _PROGRESS_WATCHERS:
+                watch(line)
+        if logs:
+            self.last, self.logged = now, True
+            self.log(line)
 
     def finish(self, report: SendReport) -> None:
         if self.logged:
