@@ -343,16 +343,14 @@ def _normalise_properties(texts: pl.Series, json_con: duckdb.DuckDBPyConnection)
     """JSON text from a CSV/Parquet column -> (the object minified as DuckDB does for JSONL, '{}' when
     blank or null, null when not an object; the offending text)."""
     texts = texts.cast(pl.String).alias("text")
-    # json() raises on invalid text, so invalid text is swapped for 'null' before it gets there.
-    minified = _query(
+    # json() raises on invalid text, so only valid text gets there (each text is validated once).
+    minified_text = _query(
         json_con,
         "property_texts",
         texts.to_frame(),
-        "select json_valid(text) as is_json, "
-        "json(case when json_valid(text) then text else 'null' end)::varchar as minified from property_texts",
-    )
-    is_json = minified.get_column("is_json").fill_null(False)
-    minified_text = minified.get_column("minified")
+        "select case when json_valid(text) then json(text)::varchar end as minified from property_texts",
+    ).get_column("minified")
+    is_json = minified_text.is_not_null()
     blank = (texts.is_null() | (texts.str.strip_chars() == "")).fill_null(True)
     properties = pl.select(
         pl.when(blank | (is_json & (minified_text == "null")))
