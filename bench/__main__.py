@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPO / "data" / "bench" / "cache")
     parser.add_argument("--out", type=Path, default=REPO / "data" / "bench" / "results.json")
     args = parser.parse_args()
+    # Dagster wants DAGSTER_HOME absolute, and the tick runs in a child process of its own.
+    args.out, args.cache = args.out.resolve(), args.cache.resolve()
     labels = [label.strip() for label in args.sizes.split(",") if label.strip()]
     if args.huge and "100m" not in labels:
         labels.append("100m")

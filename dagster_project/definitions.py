@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
+
 
 from dagster_project.automations import find_node, project_automations, relation_of
 from dagster_project.clock import as_of_tags
-from dagster_project.dbt_assets import NudgeDbtTranslator, build_dbt_assets, dbt_project, load_manifest
+from dagster_project.dbt_assets import NudgeDbtCli, NudgeDbtTranslator, build_dbt_assets, dbt_project, load_manifest
 from dagster_project.ingest import INGEST_ASSETS, LandingFiles
 from dagster_project.resources import EmailBackendResource, SendSettings
 from dagster_project.send_assets import SendTarget, build_send_assets
@@ -88,7 +88,7 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
         resources={
             "warehouse": Warehouse(path=str(settings.warehouse), lock_timeout_seconds=settings.lock_timeout_seconds),
             "landing": LandingFiles(path=str(settings.landing_dir), max_reject_share=settings.max_reject_share),
-            "dbt": DbtCliResource(project_dir=project, dbt_executable=dbt_executable()),
+            "dbt": NudgeDbtCli(project_dir=project, dbt_executable=dbt_executable()),
             "email": EmailBackendResource(
                 url=email_url if email_url.startswith("file://") else _secret("NUDGE_EMAIL_URL", email_url)
             ),
