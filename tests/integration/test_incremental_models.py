@@ -4,14 +4,16 @@ Real components: sample landing files split into two loads, the real ingest into
 file, and real `dbt build` subprocesses with the tick's own arguments and environment. Load 1
 arrives a day's file at a time (as hourly ticks would bring it), load 2 at once. The
 warehouse is built at T1 after load 1, incrementally at T2 after load 2, incrementally again
-at an earlier T0 (a replay), then with --full-refresh at T2 and at T0; a copy of the file is
+at an earlier T0 (a replay), back at TR and forward to T0 again (as a backtest goes), then with --full-refresh at T2 and at T0; a copy of the file is
 kept after each build and every model of the staging, intermediate, segments and triggers
 folders is compared row for row between the incremental and the full-refresh copies.
 
 Load 2 carries what makes an incremental build of int_events_stitched hard: identifies that
 link anonymous events of load 1 (some of them happened before T1 and arrive late), an earlier
 identify of an already stitched device to another contact (its history moves), and a new
-anonymous event of a device stitched in load 1.
+anonymous event of a device stitched in load 1. The per-contact models (int_carts,
+int_workout_days) rebuild at T2 only the contacts with something new, and everyone when the
+clock moves back to T0.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ SPLIT_DAY = "2026-10-28"
 T1 = datetime(2026, 10, 28, tzinfo=UTC)
 T2 = datetime(2026, 11, 1, tzinfo=UTC)
 T0 = datetime(2026, 10, 30, 12, tzinfo=UTC)
+TR = datetime(2026, 10, 26, tzinfo=UTC)
 
 COMPARED_FOLDERS = ("staging", "intermediate", "segments", "triggers")
 # An append-only record of what each tick saw: by design it differs from one rebuilt in a
@@ -53,6 +56,7 @@ LATE_IDENTIFIES = 4
 NO_DATA_TESTS = ("--exclude-resource-type", "test")
 RELINK_EVENT_ID = "e_inctest_relink"
 ANONYMOUS_AFTER_EVENT_ID = "e_inctest_anonymous_after"
+GUEST_CART_EVENT_ID = "e_inctest_guest_cart"
 
 
 def plain(moment: datetime) -> datetime:
@@ -136,6 +140,14 @@ def split_sample(sample: Path) -> Split:
         "name": "identify",
         "occurred_at": (parse_time(kept["occurred_at"]) - timedelta(hours=1)).isoformat() + "Z",
     }
+    # Before its own identify, that device filled a cart as a guest: in load 1 it is the first
+    # contact's cart; once load 2 moves the device, it is the earlier contact's, and the first
+    # contact, with nothing new of their own, must lose it.
+    guest_cart = {
+        "event_id": GUEST_CART_EVENT_ID, "anonymous_id": kept["anonymous_id"], "name": "added_to_cart",
+        "occurred_at": (parse_time(kept["occurred_at"]) - timedelta(minutes=30)).isoformat() + "Z",
+        "properties": {"product_id": "p_inctest", "name": "Guest cart", "price": 20.0, "quantity": 1},
+    }
     # Another device stitched in load 1 browses once more without logging in, after T1.
     browsing = identifies_early[LATE_IDENTIFIES + 2]
     split.anonymous_after = (browsing["anonymous_id"], browsing["contact_id"])
@@ -150,6 +162,8 @@ def split_sample(sample: Path) -> Split:
             line for line, row in zip(lines, rows[name], strict=True)
             if not (row and row.get("event_id") in held_ids)
         )
+    (kept_file,) = [name for name in early if kept in rows[name]]
+    split.load1[f"events/{kept_file}"] += orjson.dumps(guest_cart) + b"\n"
     late_lines = [
         line for name in early for line, row in zip(files[name], rows[name], strict=True)
         if row and row.get("event_id") in held_ids
@@ -200,7 +214,7 @@ class Runs:
     split: Split
     compared: dict[str, tuple[str, str]]  # model name -> (schema, relation), from the manifest
     con: duckdb.DuckDBPyConnection  # in memory: one schema per kept copy, one table per model
-    compiled_stitched: dict[str, str]  # kept copy -> the SQL int_events_stitched ran with
+    compiled: dict[str, dict[str, str]]  # kept copy -> incremental model -> the SQL it ran with
 
     def query(self, sql: str) -> list[tuple]:
         return self.con.execute(sql).fetchall()
@@ -257,10 +271,18 @@ def keep(con: duckdb.DuckDBPyConnection, warehouse: Path, copy: str, models: dic
         con.execute("detach warehouse")
 
 
-def stitched_sql(run_results: dict) -> str:
-    (node,) = [r for r in run_results["results"] if r["unique_id"] == "model.nudge.int_events_stitched"]
-    assert node["status"] == "success"
-    return node["compiled_code"]
+INCREMENTAL_MODELS = ("int_events_stitched", "int_carts", "int_workout_days")
+
+
+def incremental_sql(run_results: dict) -> dict[str, str]:
+    """The SQL each incremental model ran with in one build."""
+    nodes = {r["unique_id"]: r for r in run_results["results"]}
+    compiled = {}
+    for model in INCREMENTAL_MODELS:
+        node = nodes[f"model.nudge.{model}"]
+        assert node["status"] == "success"
+        compiled[model] = node["compiled_code"]
+    return compiled
 
 
 @pytest.fixture(scope="module")
@@ -272,22 +294,26 @@ def runs(tmp_path_factory) -> Iterator[Runs]:
     warehouse = root / "warehouse" / "warehouse.duckdb"
     warehouse.parent.mkdir()
     con = duckdb.connect()
-    compiled: dict[str, str] = {}
+    compiled: dict[str, dict[str, str]] = {}
 
     def build(copy: str, as_of: datetime, *extra: str) -> None:
-        compiled[copy] = stitched_sql(dbt_build(warehouse, work, as_of, *extra))
+        compiled[copy] = incremental_sql(dbt_build(warehouse, work, as_of, *extra))
         keep(con, warehouse, copy, models)
 
     for loaded_at, files in batches(split.load1):
         ingest(warehouse, landing, files, loaded_at)
     # The data tests run with the incremental builds under comparison; elsewhere they would only cost time.
-    compiled["incremental_t1"] = stitched_sql(dbt_build(warehouse, work, T1, *NO_DATA_TESTS))
+    compiled["incremental_t1"] = incremental_sql(dbt_build(warehouse, work, T1, *NO_DATA_TESTS))
     models = compared_models(work)
     keep(con, warehouse, "incremental_t1", models)
 
     ingest(warehouse, landing, split.load2, T2)
     build("incremental_t2", T2)
     build("incremental_t0", T0)
+    # back before T1, then forward to T0 over events loaded long before, as a backtest's
+    # hourly replays go: only the clock says which of them are new
+    build("rewound", TR)
+    build("replayed_t0", T0)
     # The same warehouse rebuilt from stg_events: same raw tables, same path (no second parse).
     build("full_t2", T2, "--full-refresh", *NO_DATA_TESTS)
     build("full_t0", T0, "--full-refresh", *NO_DATA_TESTS)
@@ -327,6 +353,12 @@ def test_the_second_load_links_history_of_the_first(runs):
     }
     assert all(contact is not None for _, contact in after.values())
     assert {contact for anonymous_id, contact in after.values() if anonymous_id == relinked} == {earlier_contact}
+    # the device's guest cart moves with it
+    def guest_cart_holders(copy: str) -> list[str]:
+        return [contact for (contact,) in runs.query(f"select contact_id from {copy}.int_carts where items like '%Guest cart%'")]
+
+    assert guest_cart_holders("incremental_t1") == [first_contact]
+    assert guest_cart_holders("incremental_t2") == [earlier_contact]
     # a new anonymous event of a device stitched before: stitched as it arrives
     assert runs.query(
         "select anonymous_id, stitched_contact_id, loaded_at from incremental_t2.int_events_stitched "
@@ -336,24 +368,34 @@ def test_the_second_load_links_history_of_the_first(runs):
     # the builds at T2 and T0 ran int_events_stitched incrementally (reading the table itself); the
     # first build and the full refreshes did not
     reads_itself = {
-        copy: '"intermediate"."int_events_stitched"' in sql for copy, sql in runs.compiled_stitched.items()
+        copy: '"intermediate"."int_events_stitched"' in sql["int_events_stitched"] for copy, sql in runs.compiled.items()
     }
     assert reads_itself == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": True,
-                            "full_t2": False, "full_t0": False}
+                            "rewound": True, "replayed_t0": True, "full_t2": False, "full_t0": False}
 
 
-@pytest.mark.parametrize("as_of", ["t2", "t0"])
-def test_incremental_builds_give_the_full_refreshs_rows(runs, as_of):
+@pytest.mark.parametrize("model", ["int_carts", "int_workout_days"])
+def test_per_contact_models_rebuild_only_the_contacts_with_news_when_the_clock_moves_on(runs, model):
+    # T2 after T1, and T0 after TR, read only the contacts to rebuild; the first build, a clock
+    # moved back (T0 after T2, TR after T0) and the full refreshes read everyone. All agree.
+    scoped = {copy: "contact_id in (" in sql[model] for copy, sql in runs.compiled.items()}
+    assert scoped == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": False,
+                      "rewound": False, "replayed_t0": True, "full_t2": False, "full_t0": False}
+
+
+@pytest.mark.parametrize("copy", ["incremental_t2", "incremental_t0", "replayed_t0"])
+def test_incremental_builds_give_the_full_refreshs_rows(runs, copy):
     assert {"stg_events", "int_events_stitched", "int_events", "seg_dormant", "trg_welcome"} <= runs.compared.keys()
+    as_of = copy.rpartition("_")[2]
     differences = {}
     for model in sorted(runs.compared.keys() - {HISTORY}):
-        incremental, full = f'incremental_{as_of}."{model}"', f'full_{as_of}."{model}"'
+        incremental, full = f'{copy}."{model}"', f'full_{as_of}."{model}"'
         only_incremental = runs.query(f"select * from {incremental} except all select * from {full}")
         only_full = runs.query(f"select * from {full} except all select * from {incremental}")
         if only_incremental or only_full:
             differences[model] = {"incremental only": only_incremental[:3], "full refresh only": only_full[:3],
                                   "counts": (len(only_incremental), len(only_full))}
-    assert not differences, f"the incremental and the full-refresh warehouse differ at {as_of}: {differences}"
+    assert not differences, f"{copy} and the full refresh at {as_of} differ: {differences}"
 
 
 def test_the_compared_models_are_populated(runs):

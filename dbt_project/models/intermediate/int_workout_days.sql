@@ -1,8 +1,20 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(with_contacts=true) }}",
+    post_hook="{{ nudge_record_contact_watermark(with_contacts=true) }}"
+) }}
+
+-- A contact's days depend on their own workouts and time zone only: each tick rebuilds
+-- the contacts with something new (macros/per_contact_incremental.sql).
+
 with
 
 events as (
 
     select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id', with_contacts=true) }}
 
 ),
 

@@ -27,7 +27,9 @@ renamed as (
         coalesce(timezones.timezone_name, 'UTC') as timezone,
         source.timezone as timezone_raw,
         source.properties,
-        source.updated_at
+        source.updated_at,
+        -- when Nudge stored this version of the row: what changed since a build
+        source.loaded_at
 
     from source
     left join timezones
