@@ -59,8 +59,8 @@ def test_trg_welcome_guards_its_columns_with_constraints_not_tests(env):
     model = manifest["nodes"]["model.nudge.trg_welcome"]
     assert model["contract"]["enforced"]
     assert {name: column["data_type"] for name, column in model["columns"].items()} == {
-        "contact_id": "varchar", "trigger_key": "varchar", "qualified_at": "timestamp",
-        "due_at": "timestamp", "context": "varchar",
+        "contact_id": "string", "trigger_key": "string", "qualified_at": "timestamp",
+        "due_at": "timestamp", "context": "string",
     }
     assert all({"type": "not_null"}.items() <= c["constraints"][0].items() for c in model["columns"].values())
     tests_on_it = {
