@@ -14,9 +14,8 @@ import json
 
 import pytest
 
-from dagster_project.dbt_assets import prepare_manifest
-from dagster_project.sample_data import DEFAULT_END, generate
-from tests.nudge_env import copy_project, make_env
+from dagster_project.sample_data import DEFAULT_END
+from tests.nudge_env import copy_project, env_for_copy
 
 AS_OF = DEFAULT_END.replace(tzinfo=None)
 
@@ -31,16 +30,13 @@ FAILING_CARTS_TEST = "select * from {{ ref('int_carts') }}"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, dbt_manifest):
     root = tmp_path_factory.mktemp("model_contracts")
-    dbt_dir, templates_dir = copy_project(root)
+    dbt_dir, _ = copy_project(root)
     model = dbt_dir / "models/triggers/trg_welcome.sql"
     sql = model.read_text()
     assert sql.count(GOOD_CONTEXT) == 1
     model.write_text(sql.replace(GOOD_CONTEXT, BROKEN_CONTEXT))
     (dbt_dir / "tests/carts_nobody.sql").write_text(FAILING_CARTS_TEST)
-    prepare_manifest(dbt_dir)
-    env = make_env(root, dbt_project_dir=dbt_dir, templates_dir=templates_dir)
-    generate(env.settings.landing_dir, contacts=200, seed=3)
-    return env
+    return env_for_copy(root, contacts=200, seed=3)
 
 
 @pytest.fixture(scope="module")
