@@ -151,7 +151,8 @@ def _build(
             # Held back until dbt has let go of the file, so each model's row count and preview
             # can be read and shown with its materialization.
             events = list(invocation.stream())
-        outcomes = model_outcomes(_run_results(invocation), manifest)
+        run_results = _run_results(invocation)
+        outcomes = model_outcomes(run_results, manifest)
         con = duckdb.connect(warehouse.path)
         try:
             record_builds(con, outcomes, as_of=as_of, now=datetime.now(UTC).replace(tzinfo=None))
@@ -161,14 +162,18 @@ def _build(
     yield from events
     if invocation.is_successful():
         return
-    errored = sorted(model for model, (status, _) in outcomes.items() if status == "error")
-    if errored or not outcomes:
+    not_built = _not_built(run_results, outcomes)
+    if not_built or not outcomes:
+        # Dagster runs no step downstream of a model that did not build (an error, a NULL its
+        # contract refuses, or skipped after a failure upstream): the send step would be skipped
+        # and the tick called a success. Failing here says why nothing was sent.
         raise dg.Failure(
-            description=f"dbt build failed for as_of {format_as_of(as_of)}: "
-            + (", ".join(errored) if errored else "see the dbt log above")
+            description=f"dbt build failed for as_of {format_as_of(as_of)}; nothing downstream of it runs this tick:\n"
+            + ("\n".join(not_built) if not_built else "see the dbt log above")
         )
-    # Only tests failed: they show as failed checks, and each send asset's gate stops the
-    # automations whose trigger they guard, so one broken automation does not stop the others.
+    # Only tests failed, on models that built: they show as failed checks, and each send asset's
+    # gate stops the automations whose trigger they guard, so one broken automation does not stop
+    # the others.
     failing = {model: tests for model, (_, tests) in outcomes.items() if tests}
     context.log.warning(f"dbt tests failed for as_of {format_as_of(as_of)}: {failing}")
 
@@ -181,6 +186,24 @@ def _with_table_metadata(con: duckdb.DuckDBPyConnection, event: Any, manifest: M
     if node is None or node.get("resource_type") not in ("model", "seed"):
         return event
     return event.with_metadata({**event.metadata, **relation_metadata(con, relation_of(node))})
+
+
+def _not_built(run_results: Mapping[str, Any], outcomes: Mapping[str, tuple[str, list[str]]]) -> list[str]:
+    """One line per model that dbt did not build, with dbt's error, and the failed tests that
+    made dbt skip the models downstream of them."""
+    messages = {result["unique_id"]: result.get("message") or "" for result in run_results.get("results", [])}
+    lines = [
+        f"{model}: {' '.join(messages.get(model, '').split()) or 'error'}"
+        for model, (status, _) in sorted(outcomes.items())
+        if status == "error"
+    ]
+    skipped = sorted(model for model, (status, _) in outcomes.items() if status == "skipped")
+    if skipped:
+        failed_tests = sorted(f"{model} ({', '.join(tests)})" for model, (_, tests) in outcomes.items() if tests)
+        if failed_tests:
+            lines.append(f"tests failed on {'; '.join(failed_tests)}")
+        lines.append(f"skipped after a failure upstream: {', '.join(skipped)}")
+    return lines
 
 
 def _run_results(invocation: Any) -> dict[str, Any]:

@@ -82,3 +82,16 @@ def copy_project(root: Path) -> tuple[Path, Path]:
     )
     shutil.copytree(PROJECT_ROOT / "templates", templates_dir)
     return dbt_dir, templates_dir
+
+
+def env_for_copy(root: Path, *, contacts: int, seed: int) -> NudgeEnv:
+    """An installation running the scratch copy under `root` (copy_project, then changed by
+    the test): the copy parsed, and sample landing files to ingest."""
+    from dagster_project.dbt_assets import prepare_manifest
+    from dagster_project.sample_data import generate
+
+    dbt_dir, templates_dir = root / "dbt_project", root / "templates"
+    prepare_manifest(dbt_dir)
+    env = make_env(root, dbt_project_dir=dbt_dir, templates_dir=templates_dir)
+    generate(env.settings.landing_dir, contacts=contacts, seed=seed)
+    return env

@@ -10,9 +10,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from dagster_project.dbt_assets import prepare_manifest
-from dagster_project.sample_data import DEFAULT_END, generate
-from tests.nudge_env import copy_project, make_env
+from dagster_project.sample_data import DEFAULT_END
+from tests.nudge_env import copy_project, env_for_copy
 
 AS_OF = DEFAULT_END.replace(tzinfo=None)
 
@@ -90,10 +89,7 @@ def env(tmp_path_factory, dbt_manifest):
         '{% extends "_base.txt" %}{% block content %}{{ context.duration_min }} minutes of '
         "{{ context.workout_type }}. Same time tomorrow?{% endblock %}"
     )
-    prepare_manifest(dbt_dir)
-    env = make_env(root, dbt_project_dir=dbt_dir, templates_dir=templates_dir)
-    generate(env.settings.landing_dir, contacts=200, seed=3)
-    return env
+    return env_for_copy(root, contacts=200, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -102,8 +102,9 @@ final as (
         max(case when name is not null and name_recency = 1 then name end) as name,
         max(case when category is not null and category_recency = 1 then category end) as category,
         max(case when price is not null and price_recency = 1 then price end) as price,
-        sum(case when event_name = 'product_viewed' then 1 else 0 end) as view_count,
-        sum(case when event_name = 'added_to_cart' then 1 else 0 end) as add_count,
+        -- a sum of integers is a 128-bit integer in DuckDB: the contract says bigint
+        cast(sum(case when event_name = 'product_viewed' then 1 else 0 end) as {{ dbt.type_bigint() }}) as view_count,
+        cast(sum(case when event_name = 'added_to_cart' then 1 else 0 end) as {{ dbt.type_bigint() }}) as add_count,
         count(distinct case when event_name = 'purchased' then event_id end) as order_count,
         sum(case when event_name = 'purchased' then quantity else 0 end) as units_sold,
         min(occurred_at) as first_seen_at,

@@ -68,7 +68,8 @@ days as (
         contact_id,
         workout_date,
         count(*) as workout_count,
-        sum(case when is_syncing then 0 else 1 end) as live_workout_count,
+        -- a sum of integers is a 128-bit integer in DuckDB: the contract says bigint
+        cast(sum(case when is_syncing then 0 else 1 end) as {{ dbt.type_bigint() }}) as live_workout_count,
         max(case when not is_syncing and number_within_kind = 1 then event_id end) as first_live_event_id,
         max(case when not is_syncing and number_within_kind = 1 then occurred_at end) as first_live_occurred_at,
         max(case when not is_syncing and number_within_kind = 1 then properties end) as first_live_properties

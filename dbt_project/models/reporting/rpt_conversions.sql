@@ -87,9 +87,10 @@ group_counts as (
     select
         automation,
         count(case when exposure_group = 'sent' then 1 end) as sent_contacts,
-        sum(case when exposure_group = 'sent' then converted else 0 end) as sent_converted,
+        -- a sum of integers is a 128-bit integer in DuckDB: the contract says bigint
+        cast(sum(case when exposure_group = 'sent' then converted else 0 end) as {{ dbt.type_bigint() }}) as sent_converted,
         count(case when exposure_group = 'holdout' then 1 end) as holdout_contacts,
-        sum(case when exposure_group = 'holdout' then converted else 0 end) as holdout_converted
+        cast(sum(case when exposure_group = 'holdout' then converted else 0 end) as {{ dbt.type_bigint() }}) as holdout_converted
 
     from contact_outcomes
     group by automation

@@ -66,12 +66,13 @@ counts as (
     select
         automation,
         count(*) as sent,
-        sum(delivered) as delivered,
-        sum(opened) as opened,
-        sum(clicked) as clicked,
-        sum(bounced) as bounced,
-        sum(hard_bounced) as hard_bounced,
-        sum(complained) as complained
+        -- a sum of integers is a 128-bit integer in DuckDB: the contract says bigint
+        cast(sum(delivered) as {{ dbt.type_bigint() }}) as delivered,
+        cast(sum(opened) as {{ dbt.type_bigint() }}) as opened,
+        cast(sum(clicked) as {{ dbt.type_bigint() }}) as clicked,
+        cast(sum(bounced) as {{ dbt.type_bigint() }}) as bounced,
+        cast(sum(hard_bounced) as {{ dbt.type_bigint() }}) as hard_bounced,
+        cast(sum(complained) as {{ dbt.type_bigint() }}) as complained
 
     from per_message
     group by automation
