@@ -59,7 +59,9 @@
 
 
 {% macro nudge_contacts_to_rebuild(with_contacts=false) -%}
-    {#- A select of the contact ids whose rows this build replaces (see the top of the file). -#}
+    {#- A select of the contact ids whose rows this build replaces (see the top of the file).
+        Loads compare with `>`: each has its own instant, and the newest the last build saw
+        may be a bulk backfill of the whole history. -#}
     {%- set last = nudge_contact_watermark() -%}
     {#- The refs make the dependencies known when dbt parses; a unit test (no `this`) reads
         only the inputs it gives, and always everyone. -#}
@@ -70,7 +72,7 @@
     {%- set loaded_until = "cast('" ~ last.events_loaded_until ~ "' as " ~ ts ~ ")" if last else none -%}
     select coalesce(contact_id, stitched_contact_id) as contact_id
     from {{ stitched }}
-    where loaded_at >= {{ loaded_until }}
+    where loaded_at > {{ loaded_until }}
         or loaded_at is null
         or (occurred_at > {{ last_as_of }} and occurred_at <= {{ nudge_as_of() }})
         or (identified_at > {{ last_as_of }} and identified_at <= {{ nudge_as_of() }})
@@ -84,7 +86,7 @@
             select anonymous_id
             from {{ stitched }}
             where anonymous_id is not null
-                and (loaded_at >= {{ loaded_until }} or loaded_at is null)
+                and (loaded_at > {{ loaded_until }} or loaded_at is null)
         )
     {%- if with_contacts %}
 
@@ -92,7 +94,7 @@
 
     select contact_id
     from {{ contacts }}
-    where loaded_at >= cast('{{ last.contacts_loaded_until if last else '1900-01-01 00:00:00' }}' as {{ ts }})
+    where loaded_at > cast('{{ last.contacts_loaded_until if last else '1900-01-01 00:00:00' }}' as {{ ts }})
         or loaded_at is null
     {%- endif %}
 {%- endmacro %}

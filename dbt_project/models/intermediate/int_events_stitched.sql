@@ -29,7 +29,9 @@ identity_map as (
 
 last_build as (
 
-    -- `>=`, not `>`: a load that shares the last build's timestamp is read again, harmlessly
+    -- `>`, not `>=`: each load has its own instant (the ingest's clock, or the loader's), and
+    -- the last build read everything up to its newest. `>=` read the newest load again on
+    -- every build, and after a bulk backfill that load is the whole history.
     select coalesce(max(loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) as loaded_at
     from {{ this }}
 
@@ -43,7 +45,7 @@ relinked as (
     cross join last_build
     where events.anonymous_id is not null
         and events.contact_id is not null
-        and (events.loaded_at >= last_build.loaded_at or events.loaded_at is null)
+        and (events.loaded_at > last_build.loaded_at or events.loaded_at is null)
 
 ),
 
@@ -52,7 +54,7 @@ changed as (
     select events.*
     from events
     cross join last_build
-    where events.loaded_at >= last_build.loaded_at
+    where events.loaded_at > last_build.loaded_at
         or events.loaded_at is null
         or events.anonymous_id in (select anonymous_id from relinked)
 
