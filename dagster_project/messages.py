@@ -11,17 +11,19 @@ refuses any message whose header block is not exactly what was set.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from functools import lru_cache
 from datetime import datetime, timezone
 from email import policy
 from email.headerregistry import Address, BaseHeader, UnstructuredHeader
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.parser import BytesHeaderParser
-from email.utils import format_datetime
+from email.utils import format_datetime, getaddresses
 
-from .backends.base import COMPOSED_BYTES
+from .backends.base import COMPOSED_BYTES, COMPOSED_ENVELOPE
 from .rendering import RenderedEmail, one_line
 from .unsubscribe import UnsubscribeLinks
 
@@ -57,6 +59,10 @@ def _normalize_domain(domain: str) -> str:
 
 def _single_address(value: str, role: str) -> Address:
     """Parse `value` with the email package and require exactly one plain mailbox."""
+    return _parsed_address(value, role)[0]
+
+
+def _parsed_address(value: str, role: str) -> tuple[Address, BaseHeader]:
     text = header_text(value)
     try:
         header = policy.SMTP.header_factory("To", text)
@@ -68,7 +74,8 @@ def _single_address(value: str, role: str) -> Address:
     address = addresses[0]
     if not address.username or not address.domain:
         raise ValueError(f"{role} {value!r} must be exactly one email address")
-    return Address(display_name=header_text(address.display_name), username=address.username, domain=address.domain)
+    cleaned = Address(display_name=header_text(address.display_name), username=address.username, domain=address.domain)
+    return cleaned, header
 
 
 @lru_cache(maxsize=64)
@@ -81,12 +88,17 @@ def sender_domain(sender: str) -> str:
 def _fixed_header(name: str, value: str) -> BaseHeader:
     """A header whose value is the same in every message of an automation (its name, ...), made
     once as `message[name] = value` makes it: setting a header object skips that parse per message."""
-    return policy.SMTP.header_factory(name, value)
+    return _fixed(policy.SMTP.header_factory(name, value))
+
+
+@lru_cache(maxsize=4)
+def _date_header(value: str) -> BaseHeader:
+    return _fixed(policy.SMTP.header_factory("Date", value))
 
 
 @lru_cache(maxsize=64)
 def _sender_header(sender: str) -> BaseHeader:
-    return policy.SMTP.header_factory("From", _single_address(sender, "sender"))
+    return _fixed(policy.SMTP.header_factory("From", _single_address(sender, "sender")))
 
 
 class _UriListHeader(UnstructuredHeader):
@@ -142,38 +154,184 @@ def compose(
         # The pipeline's clock (as_of) is UTC stored without a zone.
         date = date.replace(tzinfo=timezone.utc)
 
-    message = EmailMessage(policy=policy.SMTP)
-    message["From"] = _sender_header(sender)
-    message["To"] = _single_address(recipient, "recipient")
-    message["Subject"] = subject
-    message["Date"] = format_datetime(date)
-    message["Message-ID"] = message_id
-    message[AUTOMATION_HEADER] = _fixed_header(AUTOMATION_HEADER, automation_name)
-    expected = ["From", "To", "Subject", "Date", "Message-ID", AUTOMATION_HEADER]
+    sender_header = _sender_header(sender)
+    to, recipient_address = _recipient(recipient)
+    headers: list[tuple[str, BaseHeader | str]] = [
+        ("From", sender_header),
+        ("To", to),
+        ("Subject", _value("Subject", subject)),
+        # One send stamps a batch with one time.
+        ("Date", _date_header(format_datetime(date))),
+        ("Message-ID", _value("Message-ID", message_id)),
+        (AUTOMATION_HEADER, _fixed_header(AUTOMATION_HEADER, automation_name)),
+    ]
     if unsubscribe is not None:
         links = _uri_list([one_line(unsubscribe.https), one_line(unsubscribe.mailto)])
-        message["List-Unsubscribe"] = _ListUnsubscribeHeader("List-Unsubscribe", links)
+        headers.append(("List-Unsubscribe", _ListUnsubscribeHeader("List-Unsubscribe", links)))
         # RFC 8058: the receiver may POST to the https link to unsubscribe in one click.
-        message["List-Unsubscribe-Post"] = _fixed_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-        expected += ["List-Unsubscribe", "List-Unsubscribe-Post"]
-
-    message.set_content(rendered.text, subtype="plain", charset="utf-8")
-    message.add_alternative(rendered.html, subtype="html", charset="utf-8")
-    expected += ["MIME-Version", "Content-Type"]
+        headers.append(("List-Unsubscribe-Post", _fixed_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")))
+    try:
+        message, serialized = _alternative(headers, rendered.text, rendered.html)
+    except UnicodeError as error:
+        raise ValueError(f"message cannot be serialized: {error}") from error
     # The bytes checked are the bytes sent: backends take them (composed_bytes) rather than
-    # serializing again. Serializing fixes the MIME boundary in the message, so they are also
-    # what message.as_bytes(policy=SMTP) gives.
-    setattr(message, COMPOSED_BYTES, _verify_header_block(message, expected))
+    # serializing again; they are also what message.as_bytes(policy=SMTP) gives.
+    _verify_header_block(serialized, [name for name, _ in headers] + ["MIME-Version", "Content-Type"])
+    setattr(message, COMPOSED_BYTES, serialized)
+    setattr(message, COMPOSED_ENVELOPE, (sender_header.addresses[0].addr_spec, [recipient_address]))
     return message
 
 
+# A value that needs no encoding and no folding is stored as the plain string it is, as the
+# email package stores the headers of a message it parsed (and parses it when someone reads
+# it): its parser is pure Python, a third of a millisecond for an address. Anything else, a
+# display name, a non-ASCII subject, a long line, goes through the parser here.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+)
+_PLAIN_TEXT = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
-def _verify_header_block(message: EmailMessage, expected: list[str]) -> bytes:
-    """Serialize, parse back, and insist on exactly the headers that were set, once each; the bytes."""
-    try:
-        serialized = message.as_bytes(policy=policy.SMTP)
-    except (ValueError, UnicodeError) as error:
-        raise ValueError(f"message cannot be serialized: {error}") from error
+
+def _fits(name: str, value: str) -> bool:
+    return len(name) + 2 + len(value) <= policy.SMTP.max_line_length and "=?" not in value
+
+
+def _value(name: str, value: str) -> BaseHeader | str:
+    if _PLAIN_TEXT.fullmatch(value) and _fits(name, value):
+        return value
+    return policy.SMTP.header_factory(name, value)
+
+
+def _recipient(recipient: str) -> tuple[BaseHeader | str, str]:
+    """The To header and the address it names."""
+    if _PLAIN_ADDRESS.fullmatch(recipient) and _fits("To", recipient):
+        return recipient, recipient
+    address, header = _parsed_address(recipient, "recipient")
+    if not (not address.display_name and str(header) == address.addr_spec):
+        # made again from the cleaned Address: the display name as header_text left it
+        header = policy.SMTP.header_factory("To", address)
+    return header, address.addr_spec
+
+
+# What the email package writes for a message is slow to get through it (set_content, header
+# objects made anew for every value, the generator): about 4 ms a message, most of a send. A
+# message here always has the same shape, so it is put together from header objects made once
+# where their values never change, and serialized the way BytesGenerator would (a test holds
+# the two byte for byte). Values from the data still go through the email package's parsers.
+_BOUNDARY = "=_nudge_alternative_0"
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+@lru_cache(maxsize=8)
+def _multipart_header(boundary: str) -> BaseHeader:
+    return policy.SMTP.header_factory("Content-Type", f'multipart/alternative; boundary="{boundary}"')
+
+
+def _folded(headers: list[tuple[str, BaseHeader | str]]) -> str:
+    return "".join(_fold(name, header) for name, header in headers)
+
+
+def _fold(name: str, header: BaseHeader | str) -> str:
+    if not isinstance(header, BaseHeader):  # (a header object is a str too)
+        return f"{name}: {header}\r\n"  # what the policy writes for a stored value that fits a line
+    if header in _FOLDED:
+        return _FOLDED[header]
+    return header.fold(policy=policy.SMTP)
+
+
+# Fixed header objects, folded once (keyed by identity: each is made once by an lru_cache).
+_FOLDED: dict[BaseHeader, str] = {}
+
+
+def _fixed(header: BaseHeader) -> BaseHeader:
+    if header not in _FOLDED:
+        _FOLDED[header] = header.fold(policy=policy.SMTP)
+    return header
+
+
+def _crlf(payload: str) -> str:
+    """Line breaks as Generator._write_lines writes them."""
+    lines = _NEWLINES.split(payload)
+    return "".join(line + "\r\n" for line in lines[:-1]) + lines[-1]
+
+
+def _text_part(subtype: str, content: str) -> tuple[MIMEPart, bytes]:
+    """One text/<subtype> part as set_content(content, subtype=..., charset="utf-8") makes it."""
+    cte, payload = _encode_body(content)
+    part = MIMEPart(policy=policy.SMTP)
+    headers = [("Content-Type", _part_header("Content-Type", f'text/{subtype}; charset="utf-8"')),
+               ("Content-Transfer-Encoding", _part_header("Content-Transfer-Encoding", cte))]
+    part._headers = list(headers)  # noqa: SLF001 - header objects made once, as __setitem__ would store them
+    part.set_payload(payload)
+    data = (_folded(headers) + "\r\n" + _crlf(payload)).encode("ascii", "surrogateescape")
+    return part, data
+
+
+def _encode_body(content: str) -> tuple[str, str]:
+    """Content-Transfer-Encoding and payload, chosen as the email package's set_content chooses
+    them (7bit or 8bit where every line fits, else quoted-printable or base64, whichever is
+    shorter), encoded by binascii's C code rather than quoprimime's Python."""
+    lines = content.encode("utf-8").splitlines()
+    body = b"\n".join(lines) + b"\n"
+    if max((len(line) for line in lines), default=0) <= policy.SMTP.max_line_length:
+        try:
+            return "7bit", body.decode("ascii")
+        except UnicodeDecodeError:
+            return "8bit", body.decode("ascii", "surrogateescape")
+    quoted = binascii.b2a_qp(body, istext=True)
+    encoded = base64.encodebytes(body)
+    if len(quoted) > len(encoded):
+        return "base64", encoded.decode("ascii")
+    return "quoted-printable", quoted.decode("ascii")
+
+
+@lru_cache(maxsize=16)
+def _part_header(name: str, value: str) -> BaseHeader:
+    return _fixed(policy.SMTP.header_factory(name, value))
+
+
+def _alternative(headers: list[tuple[str, BaseHeader | str]], text: str, html: str) -> tuple[EmailMessage, bytes]:
+    """The message (text, then HTML, as alternatives) and its bytes as as_bytes(policy=SMTP) writes them."""
+    parts = [_text_part("plain", text), _text_part("html", html)]
+    boundary = _BOUNDARY
+    # No line of either part may start with the delimiter: a parser takes "--boundary" followed
+    # by spaces for one too (the email package's own check misses that; its boundaries are
+    # random, this one is known). The fixed one first (QP and base64 bodies can never hold it),
+    # then one made from the parts themselves.
+    if any(_opens_a_line(boundary, data) for _, data in parts):
+        boundary = _unused_boundary([data for _, data in parts])
+    headers = [*headers, ("MIME-Version", _part_header("MIME-Version", "1.0")),
+               ("Content-Type", _fixed(_multipart_header(boundary)) if boundary == _BOUNDARY
+                else policy.SMTP.header_factory("Content-Type", f'multipart/alternative; boundary="{boundary}"'))]
+    message = EmailMessage(policy=policy.SMTP)
+    message._headers = list(headers)  # noqa: SLF001
+    message.set_payload([part for part, _ in parts])
+    separator = f"--{boundary}\r\n".encode()
+    serialized = b"".join([
+        _folded(headers).encode("ascii"), b"\r\n",
+        separator, parts[0][1], b"\r\n", separator, parts[1][1],
+        f"\r\n--{boundary}--\r\n".encode(),
+    ])
+    return message, serialized
+
+
+def _opens_a_line(boundary: str, body: bytes) -> bool:
+    delimiter = b"--" + boundary.encode()
+    return body.startswith(delimiter) or b"\n" + delimiter in body
+
+
+def _unused_boundary(bodies: list[bytes]) -> str:
+    digest = hashlib.sha256(b"".join(bodies)).hexdigest()
+    for counter in range(1_000):
+        boundary = f"=_nudge_{digest[:24]}_{counter}"
+        if not any(_opens_a_line(boundary, body) for body in bodies):
+            return boundary
+    raise ValueError("no MIME boundary is free in this message")
+
+
+def _verify_header_block(serialized: bytes, expected: list[str]) -> None:
+    """Parse the serialized header block back and insist on exactly the headers that were set, once each."""
     # The header block alone: the parser stops at its first empty line anyway.
     end = serialized.find(b"\r\n\r\n")
     parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(serialized if end < 0 else serialized[: end + 4])
@@ -181,6 +339,5 @@ def _verify_header_block(message: EmailMessage, expected: list[str]) -> bytes:
     wanted = sorted(name.lower() for name in expected)
     if found != wanted:
         raise ValueError(f"refusing a message whose headers changed on serialization: {found} != {wanted}")
-    if len(message["To"].addresses) != 1 or len(parsed.get_all("To", [])) != 1:
+    if len(getaddresses(parsed.get_all("To", []))) != 1:
         raise ValueError("refusing a message that is not addressed to exactly one recipient")
-    return serialized

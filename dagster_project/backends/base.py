@@ -77,19 +77,38 @@ class EmailBackend(ABC):
     def send(self, message: EmailMessage) -> Delivery:
         """Hand one message over. Returns a Delivery; raises BackendUnavailable when unreachable."""
 
+    def flush(self) -> None:
+        """Make every message `send` accepted so far durable. Called once per batch, before the
+        ledger marks the batch sent; raise BackendUnavailable when that fails (the batch's claims
+        then stay pending). A backend whose `send` returns only once the message is safe (SMTP's
+        250, an HTTP 200) has nothing to do here."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.description})"
 
 
+def stored_header(message: EmailMessage, name: str) -> str | None:
+    """A header's value as the message holds it, without parsing it into a header object (the
+    email package's parser is slow, and compose() stores plain values as plain strings)."""
+    wanted = name.lower()
+    for key, value in message.raw_items():
+        if key.lower() == wanted:
+            # a header object's str is its value; a stored string may be folded over lines
+            return "".join(str(value).splitlines())
+    return None
+
+
 def message_id_of(message: EmailMessage) -> str:
-    value = message.get("Message-ID")
-    if not value or not str(value).strip():
+    value = stored_header(message, "Message-ID")
+    if not value or not value.strip():
         raise ValueError("message has no Message-ID; compose it with dagster_project.messages.compose")
     return str(value).strip()
 
 
-# The attribute in which messages.compose leaves the bytes it verified.
+# The attributes in which messages.compose leaves the bytes it verified, and the envelope
+# (sender and recipient addresses) it took them from.
 COMPOSED_BYTES = "nudge_composed_bytes"
+COMPOSED_ENVELOPE = "nudge_envelope"
 
 
 def composed_bytes(message: EmailMessage) -> bytes | None:

@@ -15,7 +15,15 @@ import time
 from collections.abc import Callable
 from email.message import EmailMessage
 
-from .base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend, composed_bytes, message_id_of
+from .base import (
+    COMPOSED_ENVELOPE,
+    BackendUnavailable,
+    Delivery,
+    DeliveryUncertain,
+    EmailBackend,
+    composed_bytes,
+    message_id_of,
+)
 from .pacing import Pacing
 
 _AUTHENTICATION_REQUIRED = 530
@@ -283,6 +291,9 @@ def _discard(connection: smtplib.SMTP | None) -> None:
 
 def _envelope(message: EmailMessage) -> tuple[str, list[str]]:
     """MAIL FROM and RCPT TO from the message's own From and To, stated explicitly."""
+    composed = getattr(message, COMPOSED_ENVELOPE, None)
+    if composed is not None:
+        return composed
     senders = getattr(message["From"], "addresses", ())
     recipients = getattr(message["To"], "addresses", ())
     if len(senders) != 1 or not recipients:

@@ -7,6 +7,8 @@ from email import policy
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dagster_project.messages import compose, message_id, sender_domain
 from dagster_project.rendering import RenderedEmail
@@ -253,3 +255,61 @@ def test_backends_get_exactly_the_bytes_the_message_serializes_to(rendered):
     assert message_bytes(message) == composed_bytes(message) == message.as_bytes(policy=policy.SMTP)
     other = reparsed(message)  # a message compose did not make is serialized when sent
     assert composed_bytes(other) is None and message_bytes(other) == other.as_bytes(policy=policy.SMTP)
+
+
+# Bodies with what changes how a part is encoded: long lines, non-ASCII, bare CR and LF, lines
+# that look like MIME boundaries, "From " at a line start.
+BODY = st.lists(
+    st.one_of(
+        st.sampled_from(["\n", "\r", "\r\n", "--=_nudge_alternative_0", "--=_nudge_alternative_0--", "From ",
+                         "=", ".", " ", "\t", "a" * 90, "é" * 50, "☕"]),
+        st.characters(codec="utf-8", exclude_categories=("Cs",)),
+    ),
+    max_size=60,
+).map("".join)
+
+
+# Bare addresses are written as they are, without the email package's parser: these must come
+# out as the parser would write them, or go through it.
+BARE_ADDRESSES = ["ana@example.com", "UPPER.Case@Example.COM", "o'brien+tag@mail.example.co.uk", "x=?y?=@example.com",
+                  "a" * 70 + "@example.com", "a..b@example.com", "ana@localhost", "ana@-x.example"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(subject=st.text(min_size=1, max_size=120), name=st.text(max_size=40), text=BODY, html=BODY,
+       marketing=st.booleans(), bare=st.sampled_from([None, *BARE_ADDRESSES]))
+def test_the_composed_bytes_are_what_the_email_package_writes_for_the_message(subject, name, text, html, marketing,
+                                                                              bare):
+    """compose() writes the bytes itself, for speed; they must be the message's own serialization."""
+    from dagster_project.backends.base import composed_bytes
+
+    quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    recipient = bare or f"{quoted} <ana@example.com>"
+    try:
+        message = build(rendered=RenderedEmail(subject=f"S{subject}", html=html, text=text),
+                        recipient=recipient, unsubscribe=links() if marketing else None)
+    except ValueError:
+        return  # refused: nothing is written
+    assert composed_bytes(message) == message.as_bytes(policy=policy.SMTP)
+    parsed = reparsed(message)
+    assert str(parsed["To"].addresses[0].addr_spec).lower() == (bare or "ana@example.com").lower()
+    plain, rich = (parsed.get_body(preferencelist=(kind,)) for kind in ("plain", "html"))
+    assert plain.get_content().replace("\r\n", "\n") == _normalized(text)
+    assert rich.get_content().replace("\r\n", "\n") == _normalized(html)
+
+
+def _normalized(body: str) -> str:
+    """A body as a MIME text part carries it: lines (split at CR, LF or CRLF only) ended by one newline each."""
+    lines = body.encode().splitlines()
+    return "".join(line.decode() + "\n" for line in lines) if lines else "\n"
+
+
+@pytest.mark.parametrize("line", ["--=_nudge_alternative_0", "--=_nudge_alternative_0 ", "--=_nudge_alternative_0--\t"])
+def test_a_body_line_that_looks_like_the_boundary_cannot_split_the_message(line):
+    # The boundary is fixed, so a contact's data could spell it; a parser also reads it with
+    # trailing spaces. Another boundary is chosen, and both parts arrive whole.
+    message = reparsed(build(rendered=RenderedEmail(subject="Hi", html=f"<p>x</p>\n{line}\n", text=f"a\n{line}\nb")))
+
+    assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
+    assert message.get_body(preferencelist=("plain",)).get_content() == f"a\r\n{line}\r\nb\r\n"
+    assert message.get_boundary() != "=_nudge_alternative_0"
