@@ -9,7 +9,7 @@ unclear, and that batch is visible as `pending` on the next run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 
@@ -110,7 +110,9 @@ def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _frame(rows: Sequence[object]) -> pa.Table:
-    return pa.Table.from_pylist([asdict(row) for row in rows])  # type: ignore[call-overload]
+    # Column by column: dataclasses.asdict deep-copies every field, a third of a batch's write.
+    names = [field.name for field in fields(rows[0])]  # type: ignore[arg-type]
+    return pa.Table.from_pydict({name: [getattr(row, name) for row in rows] for name in names})
 
 
 def record(con: duckdb.DuckDBPyConnection, entries: Sequence[Entry], *, as_of: datetime, now: datetime) -> None:

@@ -26,7 +26,13 @@ import duckdb
 import pyarrow.compute as pc
 
 from dagster_project.automations import Automation, Policy
-from dagster_project.backends.base import BackendUnavailable, Delivery, DeliveryUncertain, EmailBackend
+from dagster_project.backends.base import (
+    BackendUnavailable,
+    Delivery,
+    DeliveryUncertain,
+    EmailBackend,
+    stored_header,
+)
 from dagster_project.ledger import (
     CAPPED_STATUSES,
     ENTERED,
@@ -590,7 +596,7 @@ def _send_batch(
         if verdict.status == Status.PENDING:
             try:
                 message = _message(candidate, automation, template, config, as_of, now)
-                subject = str(message["Subject"])
+                subject = stored_header(message, "Subject")
                 to_deliver.append((candidate, message))
             except (RenderError, ValueError) as error:
                 verdict = Verdict(Status.SKIPPED, Reason.TEMPLATE_ERROR, str(error))
@@ -713,6 +719,9 @@ class _Handover:
         finally:
             batch.wait()
         batch.raise_unexpected()
+        # Before anything is marked sent, what was handed over must be safe with the backend.
+        if any(isinstance(result, Delivery) and result.ok for result in results.values()):
+            self.backend.flush()
 
 
 class _Batch:

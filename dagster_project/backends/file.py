@@ -28,8 +28,6 @@ class FileBackend(EmailBackend):
     """
 
     dedupes = True
-    # Each message is fsynced before it counts as handed over; threads overlap those waits on the disk.
-    concurrency = 4
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -61,8 +59,8 @@ class FileBackend(EmailBackend):
             try:
                 with os.fdopen(descriptor, "wb") as handle:
                     handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                # Made durable by flush(), once for the whole batch, before the ledger says sent:
+                # an fsync per message cost 1.5 ms, most of a send.
                 os.replace(temporary, path)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
@@ -70,3 +68,11 @@ class FileBackend(EmailBackend):
         except OSError as error:
             raise BackendUnavailable(f"cannot write {path}: {error.strerror or error}") from error
         return Delivery(message_id=message_id, ok=True, detail=str(path))
+
+    def flush(self) -> None:
+        """Every .eml written so far, and its name, on disk: one sync for a batch (a crash before it
+        leaves the batch's claims pending, and this backend rewrites them on the next tick)."""
+        try:
+            os.sync()
+        except OSError as error:
+            raise BackendUnavailable(f"cannot flush the outbox {self.root}: {error.strerror or error}") from error

@@ -13,7 +13,8 @@ import duckdb
 import pytest
 from send_warehouse import AS_OF, send
 
-from dagster_project.backends import backend_from_url
+from dagster_project.backends import FileBackend, backend_from_url
+from dagster_project.backends.base import BackendUnavailable
 from dagster_project.ledger import Entry, ensure_ledger, record
 from dagster_project.messages import message_id
 
@@ -86,3 +87,43 @@ def test_claims_are_written_in_batches_and_all_marked(con, tmp_path):
     assert report.sent == 5
     assert con.execute("select count(*), min(attempts), max(attempts) from nudge.messages").fetchone() == (5, 1, 1)
     assert con.execute("select count(*) from nudge.messages where status = 'pending'").fetchone()[0] == 0
+
+
+class FlushWatcher(FileBackend):
+    """The file backend, noting the ledger at each flush; the flush of batch `fail_at` fails."""
+
+    def __init__(self, root, con, fail_at: int | None = None) -> None:
+        super().__init__(root)
+        self.con, self.fail_at, self.seen = con, fail_at, []
+
+    def flush(self) -> None:
+        self.seen.append(statuses(self.con.cursor()))
+        if len(self.seen) == self.fail_at:
+            raise BackendUnavailable("the disk went away")
+        super().flush()
+
+
+def test_a_batch_is_flushed_to_the_backend_before_it_is_marked_sent(con, tmp_path):
+    con.execute("delete from nudge.messages")
+    backend = FlushWatcher(tmp_path / "outbox", con)
+    with backend:
+        assert send(con, backend, AS_OF).sent == 5
+    # batches of two: at each flush its own claims are still pending, the ones before already sent
+    assert backend.seen == [
+        {"c_0": "pending", "c_1": "pending"},
+        {"c_0": "sent", "c_1": "sent", "c_2": "pending", "c_3": "pending"},
+        {"c_0": "sent", "c_1": "sent", "c_2": "sent", "c_3": "sent", "c_4": "pending"},
+    ]
+
+
+def test_a_failed_flush_marks_nothing_sent_and_the_next_tick_writes_the_batch_again(con, tmp_path):
+    con.execute("delete from nudge.messages")
+    outbox = tmp_path / "outbox"
+    with pytest.raises(BackendUnavailable, match="the disk went away"), FlushWatcher(outbox, con, fail_at=2) as backend:
+        send(con, backend, AS_OF)
+    assert statuses(con) == {"c_0": "sent", "c_1": "sent", "c_2": "pending", "c_3": "pending"}
+
+    with backend_from_url(f"file://{outbox}") as backend:
+        send(con, backend, AS_OF)
+    assert set(statuses(con).values()) == {"sent"}
+    assert len(list(outbox.rglob("*.eml"))) == 5
