@@ -280,8 +280,8 @@ def _verdict_params(automation: Automation, params: dict[str, Any]) -> dict[str,
 
 
 def _record_sql_verdicts(
-    con: duckdb.DuckDBPyConnection, verdicts_sql: str, params: dict[str, Any], automation: Automation,
-    config: SendConfig, now: datetime,
+    con: duckdb.DuckDBPyConnection, verdicts_relation: str, automation: Automation, config: SendConfig,
+    as_of: datetime, now: datetime,
 ) -> Counter[str]:
     """Write every verdict SQL decided, in one statement; how many of each reason."""
     written = record_query(
@@ -292,11 +292,11 @@ def _record_sql_verdicts(
                '<' || left(sha256($automation || chr(0) || trigger_key), 32) || '@' || $domain || '>' as message_id,
                '{Status.SKIPPED}' as status, verdict_reason as reason, verdict_error as error,
                qualified_at, due_at, null as subject
-        from ({verdicts_sql})
+        from {verdicts_relation}
         where verdict_reason is not null
         """,
-        {**params, "domain": sender_domain(automation.sender or config.sender)},
-        as_of=params["as_of"],
+        {"automation": automation.name, "domain": sender_domain(automation.sender or config.sender)},
+        as_of=as_of,
         now=now,
     )
     return Counter({row["values"]: row["counts"] for row in pc.value_counts(written["reason"]).to_pylist()})
@@ -344,12 +344,9 @@ def count_newly_due(con: duckdb.DuckDBPyConnection, automation: Automation, *, a
     return int(count)
 
 
-def _batches(
-    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], size: int
-) -> Iterator[tuple[list[Candidate], int]]:
+def _batches(reader: duckdb.DuckDBPyConnection, sql: str, size: int) -> Iterator[tuple[list[Candidate], int]]:
     """Candidates `size` at a time, with how many the query holds in all (its column to_decide)."""
-    # A separate cursor: its snapshot stays fixed while the ledger is written on `con`.
-    reader = con.cursor().sql(sql, params=params).to_arrow_reader(size)
+    reader = reader.sql(sql).to_arrow_reader(size)
     for batch in reader:
         rows = batch.to_pylist()
         total = rows[0].pop("to_decide") if rows else 0
@@ -477,15 +474,47 @@ def send_automation(
     params = _verdict_params(automation, _candidate_params(automation, as_of, backend.dedupes, marketing_automations))
     sql = _verdicts_sql(_candidates_sql(automation, contacts_relation, events_relation, suppressions_relation), automation)
     progress = _Progress(automation.name, log)
+    # The candidates and their verdicts, worked out once (the joins over the trigger table's whole
+    # history are most of a send's SQL), into a temporary table of a cursor of their own: its rows
+    # stay as they are while the ledger is written on `con`.
+    reader = con.cursor()
+    reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", params)
+    try:
+        _decide_and_send(con, reader, automation, template, backend, config, as_of, policy, journal, report,
+                         progress, clock)
+    finally:
+        reader.close()
+    return report
+
+
+# A temporary table: each connection (here, each send's own cursor) has its own.
+_CANDIDATES = "nudge_candidates"
+
+
+def _decide_and_send(
+    con: duckdb.DuckDBPyConnection,
+    reader: duckdb.DuckDBPyConnection,
+    automation: Automation,
+    template: EmailTemplate,
+    backend: EmailBackend,
+    config: SendConfig,
+    as_of: datetime,
+    policy: Policy,
+    journal: UnsubscribeJournal | None,
+    report: SendReport,
+    progress: "_Progress",
+    clock: Callable[[], datetime],
+) -> None:
     # Most candidates of a cold tick are history skipped for what the data says alone (stale,
     # exited, unreachable): one statement writes them all, so a tick costs what it sends. None of
     # them touches TickState, so the rows left for Python are decided as if they had been there.
-    skipped = _record_sql_verdicts(con, sql, params, automation, config, clock())
+    # (On the reader: only it sees its temporary table.)
+    skipped = _record_sql_verdicts(reader, _CANDIDATES, automation, config, as_of, clock())
     report.decided_in_sql = skipped.total()
     report.due += report.decided_in_sql
     report.skipped.update(skipped)
     if skipped:
-        log(f"{automation.name}: {skipped.total():,} skipped in one statement "
+        progress.log(f"{automation.name}: {skipped.total():,} skipped in one statement "
             f"({', '.join(f'{reason} {count:,}' for reason, count in skipped.most_common())}) "
             f"in {progress.elapsed():.1f} s")
     progress.begin()
@@ -493,7 +522,7 @@ def send_automation(
     columns = ", ".join(CANDIDATE_COLUMNS)
     to_decide = f"""
         select {columns}, count(*) over () as to_decide
-        from ({sql})
+        from {_CANDIDATES}
         where verdict_reason is null
         order by due_at, trigger_key
     """
@@ -502,12 +531,11 @@ def send_automation(
         UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard,
         _Handover(backend) as handover,
     ):
-        for candidates, total in _batches(con, to_decide, params, config.batch_size):
+        for candidates, total in _batches(reader, to_decide, config.batch_size):
             _send_batch(con, candidates, automation, template, handover, config, as_of, policy, state, guard,
                         report, clock)
             progress.update(report, total)
     progress.finish(report)
-    return report
 
 
 # Who else wants to see a long send move (`nudge run` puts the lines in its spinner): called with
