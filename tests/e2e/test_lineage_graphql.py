@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +58,8 @@ def webserver(tmp_path: Path, dbt_manifest):
     port = free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
+    # The repository's instance settings, as `make dev` uses them (its event log storage included).
+    shutil.copy(PROJECT_ROOT / ".dagster" / "dagster.yaml", home / "dagster.yaml")
     environment = {
         **os.environ,
         "DAGSTER_HOME": str(home),
