@@ -103,10 +103,13 @@ class NudgeDbtTranslator(DagsterDbtTranslator):
 DBT_BUILD_ARGS = ["build", "--exclude-resource-type", "unit_test"]
 
 
-def dbt_environment(as_of: datetime, warehouse: Path | str) -> dict[str, str]:
+def dbt_environment(as_of: datetime, warehouse: Path | str, memory_limit: str | None = None) -> dict[str, str]:
     """What a tick tells dbt, as environment variables rather than --vars: dbt re-parses the
     whole project whenever --vars change, and as_of changes every hour."""
-    return {"NUDGE_AS_OF": format_as_of(as_of), "NUDGE_WAREHOUSE": str(warehouse)}
+    environment = {"NUDGE_AS_OF": format_as_of(as_of), "NUDGE_WAREHOUSE": str(warehouse)}
+    if memory_limit:
+        environment["NUDGE_DUCKDB_MEMORY_LIMIT"] = memory_limit  # read by profiles.yml
+    return environment
 
 
 def tick_target_path(warehouse: Path | str) -> Path:
@@ -139,7 +142,7 @@ def _build(
     as_of = as_of_for(context)
     # dbt's subprocess is the writer; the lock keeps other processes off the file meanwhile.
     with warehouse.lock():
-        with _environment(dbt_environment(as_of, warehouse.path)):
+        with _environment(dbt_environment(as_of, warehouse.path, warehouse.memory_limit)):
             # One `build` per selection, so dbt's start-up is paid once; dbt unit tests check
             # the SQL, not the data, so they run in `make test`, not every hour.
             invocation = dbt.cli(

@@ -86,7 +86,8 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
         jobs=[tick],
         schedules=[build_tick_schedule(tick)],
         resources={
-            "warehouse": Warehouse(path=str(settings.warehouse), lock_timeout_seconds=settings.lock_timeout_seconds),
+            "warehouse": Warehouse(path=str(settings.warehouse), lock_timeout_seconds=settings.lock_timeout_seconds,
+                                   memory_limit=settings.duckdb_memory_limit),
             "landing": LandingFiles(path=str(settings.landing_dir), max_reject_share=settings.max_reject_share),
             "dbt": NudgeDbtCli(project_dir=project, dbt_executable=dbt_executable()),
             "email": EmailBackendResource(

@@ -51,6 +51,9 @@ class NudgeSettings(BaseSettings):
     send_batch_size: int = Field(default=100, ge=1)
     # How long a tick waits for another writer of the warehouse before giving up.
     lock_timeout_seconds: float = Field(default=1800, gt=0)
+    # DuckDB's memory in each process that opens the warehouse (dbt's and the tick's); past it
+    # DuckDB spills to disk beside the warehouse instead of growing to 80% of the machine.
+    duckdb_memory_limit: str = Field(default="768MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
     @field_validator("sender")
     @classmethod

@@ -51,10 +51,16 @@ def writer_lock(warehouse: Path, timeout_seconds: float = 1800.0) -> Iterator[No
 
 
 @contextmanager
-def connect(warehouse: Path, timeout_seconds: float = 1800.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    warehouse: Path, timeout_seconds: float = 1800.0, memory_limit: str | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection, held under the writer lock for its whole life."""
     with writer_lock(warehouse, timeout_seconds):
         con = duckdb.connect(str(warehouse))
+        if memory_limit:
+            # A setting of the database in this process, not of the connection: SET rather than
+            # connect(config=...), which would refuse another open connection with other settings.
+            con.execute(f"set memory_limit = '{memory_limit}'")
         try:
             yield con
         finally:
@@ -66,6 +72,8 @@ class Warehouse(dg.ConfigurableResource):
 
     path: str
     lock_timeout_seconds: float = 1800.0
+    # NUDGE_DUCKDB_MEMORY_LIMIT: for the tick's own connections and for dbt's.
+    memory_limit: str = "768MB"
 
     @property
     def file(self) -> Path:
@@ -73,7 +81,7 @@ class Warehouse(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with connect(self.file, self.lock_timeout_seconds) as con:
+        with connect(self.file, self.lock_timeout_seconds, self.memory_limit) as con:
             yield con
 
     @contextmanager

@@ -42,4 +42,5 @@ def test_dbt_hears_the_clock_and_the_warehouse_through_its_environment():
         "NUDGE_AS_OF": "2026-11-01 09:00:00",
         "NUDGE_WAREHOUSE": "/tmp/w.duckdb",
     }
+    assert dbt_environment(datetime(2026, 11, 1, 9), "/tmp/w.duckdb", "512MB")["NUDGE_DUCKDB_MEMORY_LIMIT"] == "512MB"
     assert "--vars" not in DBT_BUILD_ARGS  # changing --vars makes dbt re-parse every tick
