@@ -235,18 +235,19 @@ def _folded(headers: list[tuple[str, BaseHeader | str]]) -> str:
 def _fold(name: str, header: BaseHeader | str) -> str:
     if not isinstance(header, BaseHeader):  # (a header object is a str too)
         return f"{name}: {header}\r\n"  # what the policy writes for a stored value that fits a line
-    if header in _FOLDED:
-        return _FOLDED[header]
-    return header.fold(policy=policy.SMTP)
+    folded = _FOLDED.get((header.name, str(header)))
+    return folded if folded is not None else header.fold(policy=policy.SMTP)
 
 
-# Fixed header objects, folded once (keyed by identity: each is made once by an lru_cache).
-_FOLDED: dict[BaseHeader, str] = {}
+# Fixed header objects, folded once, by name and value (a header object is a str: equal to any
+# header of another name with the same value).
+_FOLDED: dict[tuple[str, str], str] = {}
 
 
 def _fixed(header: BaseHeader) -> BaseHeader:
-    if header not in _FOLDED:
-        _FOLDED[header] = header.fold(policy=policy.SMTP)
+    key = (header.name, str(header))
+    if key not in _FOLDED:
+        _FOLDED[key] = header.fold(policy=policy.SMTP)
     return header
 
 

@@ -313,3 +313,11 @@ def test_a_body_line_that_looks_like_the_boundary_cannot_split_the_message(line)
     assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
     assert message.get_body(preferencelist=("plain",)).get_content() == f"a\r\n{line}\r\nb\r\n"
     assert message.get_boundary() != "=_nudge_alternative_0"
+
+
+def test_headers_folded_once_are_told_apart_by_name_not_only_by_value():
+    # An automation named like another header's fixed value must still get its own header line.
+    message = compose(rendered=RENDERED, sender=SENDER, recipient="ana@example.com", automation="1.0",
+                      message_id=message_id("1.0", "c1", "nudge.example"), date=WHEN, unsubscribe=None)
+    lines = header_lines(message)
+    assert "X-Nudge-Automation: 1.0" in lines and "MIME-Version: 1.0" in lines
