@@ -27,6 +27,7 @@ from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
+
 def default_base_dir() -> str:
     home = os.environ.get("DAGSTER_HOME")
     if not home:

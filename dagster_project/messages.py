@@ -1,7 +1,8 @@
 """Turn a rendered email into an RFC 5322 message, safely.
 
-Every header goes through the `email` package's header objects, never string
-formatting. On top of that, every value is flattened to one line and stripped
+A header value from the data goes through the `email` package's header objects,
+unless it is plain (printable ASCII, no encoded-word opener, fitting one line),
+which is written as it is. Every value is first flattened to one line and stripped
 of RFC 2047 encoded-word openers first: Python 3.11's header parser decodes
 `=?utf-8?q?=0D=0A...?=` inside subjects and quoted display names and then
 writes the decoded line break out verbatim, which lets a contact's name add

@@ -344,10 +344,9 @@ def count_newly_due(con: duckdb.DuckDBPyConnection, automation: Automation, *, a
     return int(count)
 
 
-def _batches(reader: duckdb.DuckDBPyConnection, sql: str, size: int) -> Iterator[tuple[list[Candidate], int]]:
+def _batches(con: duckdb.DuckDBPyConnection, sql: str, size: int) -> Iterator[tuple[list[Candidate], int]]:
     """Candidates `size` at a time, with how many the query holds in all (its column to_decide)."""
-    reader = reader.sql(sql).to_arrow_reader(size)
-    for batch in reader:
+    for batch in con.sql(sql).to_arrow_reader(size):
         rows = batch.to_pylist()
         total = rows[0].pop("to_decide") if rows else 0
         for row in rows[1:]:
@@ -478,10 +477,39 @@ def send_automation(
     # history are most of a send's SQL), into a temporary table of a cursor of their own: its rows
     # stay as they are while the ledger is written on `con`.
     reader = con.cursor()
-    reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", params)
     try:
-        _decide_and_send(con, reader, automation, template, backend, config, as_of, policy, journal, report,
-                         progress, clock)
+        reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", params)
+        # Most candidates of a cold tick are history skipped for what the data says alone (stale,
+        # exited, unreachable): one statement writes them all, so a tick costs what it sends. None of
+        # them touches TickState, so the rows left for Python are decided as if they had been there.
+        # (On the reader: only it sees its temporary table.)
+        skipped = _record_sql_verdicts(reader, _CANDIDATES, automation, config, as_of, clock())
+        report.decided_in_sql = skipped.total()
+        report.due += report.decided_in_sql
+        report.skipped.update(skipped)
+        if skipped:
+            log(f"{automation.name}: {skipped.total():,} skipped in one statement "
+                f"({', '.join(f'{reason} {count:,}' for reason, count in skipped.most_common())}) "
+                f"in {progress.elapsed():.1f} s")
+        progress.begin()
+        state = TickState()
+        columns = ", ".join(CANDIDATE_COLUMNS)
+        to_decide = f"""
+            select {columns}, count(*) over () as to_decide
+            from {_CANDIDATES}
+            where verdict_reason is null
+            order by due_at, trigger_key
+        """
+        # Transactional mail (a receipt, a password reset) is not stopped by leaving the marketing list.
+        with (
+            UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard,
+            _Handover(backend) as handover,
+        ):
+            for candidates, total in _batches(reader, to_decide, config.batch_size):
+                _send_batch(con, candidates, automation, template, handover, config, as_of, policy, state, guard,
+                            report, clock)
+                progress.update(report, total)
+        progress.finish(report)
     finally:
         reader.close()
     return report
@@ -489,53 +517,6 @@ def send_automation(
 
 # A temporary table: each connection (here, each send's own cursor) has its own.
 _CANDIDATES = "nudge_candidates"
-
-
-def _decide_and_send(
-    con: duckdb.DuckDBPyConnection,
-    reader: duckdb.DuckDBPyConnection,
-    automation: Automation,
-    template: EmailTemplate,
-    backend: EmailBackend,
-    config: SendConfig,
-    as_of: datetime,
-    policy: Policy,
-    journal: UnsubscribeJournal | None,
-    report: SendReport,
-    progress: "_Progress",
-    clock: Callable[[], datetime],
-) -> None:
-    # Most candidates of a cold tick are history skipped for what the data says alone (stale,
-    # exited, unreachable): one statement writes them all, so a tick costs what it sends. None of
-    # them touches TickState, so the rows left for Python are decided as if they had been there.
-    # (On the reader: only it sees its temporary table.)
-    skipped = _record_sql_verdicts(reader, _CANDIDATES, automation, config, as_of, clock())
-    report.decided_in_sql = skipped.total()
-    report.due += report.decided_in_sql
-    report.skipped.update(skipped)
-    if skipped:
-        progress.log(f"{automation.name}: {skipped.total():,} skipped in one statement "
-            f"({', '.join(f'{reason} {count:,}' for reason, count in skipped.most_common())}) "
-            f"in {progress.elapsed():.1f} s")
-    progress.begin()
-    state = TickState()
-    columns = ", ".join(CANDIDATE_COLUMNS)
-    to_decide = f"""
-        select {columns}, count(*) over () as to_decide
-        from {_CANDIDATES}
-        where verdict_reason is null
-        order by due_at, trigger_key
-    """
-    # Transactional mail (a receipt, a password reset) is not stopped by leaving the marketing list.
-    with (
-        UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard,
-        _Handover(backend) as handover,
-    ):
-        for candidates, total in _batches(reader, to_decide, config.batch_size):
-            _send_batch(con, candidates, automation, template, handover, config, as_of, policy, state, guard,
-                        report, clock)
-            progress.update(report, total)
-    progress.finish(report)
 
 
 # Who else wants to see a long send move (`nudge run` puts the lines in its spinner): called with
