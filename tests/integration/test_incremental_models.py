@@ -12,7 +12,7 @@ Load 2 carries what makes an incremental build of int_events_stitched hard: iden
 link anonymous events of load 1 (some of them happened before T1 and arrive late), an earlier
 identify of an already stitched device to another contact (its history moves), and a new
 anonymous event of a device stitched in load 1. The per-contact models (int_carts,
-int_workout_days) rebuild at T2 only the contacts with something new, and everyone when the
+int_workout_days, trg_upgrade_moment, trg_workout_completed) rebuild at T2 only the contacts with something new, and everyone when the
 clock moves back to T0.
 """
 
@@ -271,7 +271,8 @@ def keep(con: duckdb.DuckDBPyConnection, warehouse: Path, copy: str, models: dic
         con.execute("detach warehouse")
 
 
-INCREMENTAL_MODELS = ("int_events_stitched", "int_carts", "int_workout_days")
+PER_CONTACT_MODELS = ("int_carts", "int_workout_days", "trg_upgrade_moment", "trg_workout_completed")
+INCREMENTAL_MODELS = ("int_events_stitched", *PER_CONTACT_MODELS)
 
 
 def incremental_sql(run_results: dict) -> dict[str, str]:
@@ -374,7 +375,7 @@ def test_the_second_load_links_history_of_the_first(runs):
                             "rewound": True, "replayed_t0": True, "full_t2": False, "full_t0": False}
 
 
-@pytest.mark.parametrize("model", ["int_carts", "int_workout_days"])
+@pytest.mark.parametrize("model", PER_CONTACT_MODELS)
 def test_per_contact_models_rebuild_only_the_contacts_with_news_when_the_clock_moves_on(runs, model):
     # T2 after T1, and T0 after TR, read only the contacts to rebuild; the first build, a clock
     # moved back (T0 after T2, TR after T0) and the full refreshes read everyone. All agree.

@@ -72,36 +72,15 @@ typed as (
 
 ),
 
-ranked as (
-
-    select
-        *,
-        -- each attribute comes from the latest event that carried it: a purchase line
-        -- without a category must not blank the category a view gave
-        row_number() over (
-            partition by product_id, case when name is null then 1 else 0 end
-            order by occurred_at desc, event_id desc
-        ) as name_recency,
-        row_number() over (
-            partition by product_id, case when category is null then 1 else 0 end
-            order by occurred_at desc, event_id desc
-        ) as category_recency,
-        row_number() over (
-            partition by product_id, case when price is null then 1 else 0 end
-            order by occurred_at desc, event_id desc
-        ) as price_recency
-
-    from typed
-
-),
-
 final as (
 
     select
         product_id,
-        max(case when name is not null and name_recency = 1 then name end) as name,
-        max(case when category is not null and category_recency = 1 then category end) as category,
-        max(case when price is not null and price_recency = 1 then price end) as price,
+        -- each attribute comes from the latest event that carried it: a purchase line
+        -- without a category must not blank the category a view gave
+        {{ nudge_latest_value('name', 'occurred_at', 'event_id') }} as name,
+        {{ nudge_latest_value('category', 'occurred_at', 'event_id') }} as category,
+        {{ nudge_latest_value('price', 'occurred_at', 'event_id') }} as price,
         -- a sum of integers is a 128-bit integer in DuckDB: the contract says bigint
         cast(sum(case when event_name = 'product_viewed' then 1 else 0 end) as {{ dbt.type_bigint() }}) as view_count,
         cast(sum(case when event_name = 'added_to_cart' then 1 else 0 end) as {{ dbt.type_bigint() }}) as add_count,
@@ -110,7 +89,7 @@ final as (
         min(occurred_at) as first_seen_at,
         max(occurred_at) as last_seen_at
 
-    from ranked
+    from typed
     group by product_id
 
 )

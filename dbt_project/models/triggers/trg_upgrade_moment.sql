@@ -1,8 +1,21 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(with_contacts=true) }}",
+    post_hook="{{ nudge_record_contact_watermark(with_contacts=true) }}"
+) }}
+
+-- A contact's upgrade moments depend on their own events and plan only, and qualify when
+-- the event happens: each tick rebuilds the contacts with something new
+-- (macros/per_contact_incremental.sql), not the whole history.
+
 with
 
 events as (
 
     select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id', with_contacts=true) }}
 
 ),
 
@@ -42,7 +55,8 @@ moments as (
                 within='7d',
                 relative_to='tries.occurred_at',
                 at_least=3,
-                contact_id='tries.contact_id'
+                contact_id='tries.contact_id',
+                events='events'
             ) }}
         )
 

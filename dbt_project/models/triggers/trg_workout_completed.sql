@@ -1,8 +1,20 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(with_contacts=true) }}",
+    post_hook="{{ nudge_record_contact_watermark(with_contacts=true) }}"
+) }}
+
+-- Rebuilt for the contacts whose workout days were (int_workout_days: the same rule, the
+-- same time zones), not for the whole history.
+
 with
 
 workout_days as (
 
     select * from {{ ref('int_workout_days') }}
+    where {{ nudge_contact_in_rebuild('contact_id', with_contacts=true) }}
 
 ),
 
