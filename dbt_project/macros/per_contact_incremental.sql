@@ -15,7 +15,9 @@
     every contact that ever shared an anonymous id with a newly loaded event (a late
     identify can move that id's history from one contact to another); and, for a model
     that reads stg_contacts (`with_contacts=true`), those whose contact row was loaded
-    since. A clock that moved back (a replay of an earlier hour) rebuilds everyone, so a
+    since; and, for a model whose answer changes when time passes (`wakes`: an event name to
+    a duration, e.g. {'product_viewed': '2h'}), the contacts with such an event that the
+    clock passed the duration after since the last build. A clock that moved back (a replay of an earlier hour) rebuilds everyone, so a
     replay gives the answer a full refresh gives (tests/integration/test_incremental_models.py).
 -#}
 
@@ -58,7 +60,7 @@
 {%- endmacro %}
 
 
-{% macro nudge_contacts_to_rebuild(with_contacts=false) -%}
+{% macro nudge_contacts_to_rebuild(with_contacts=false, wakes=none) -%}
     {#- A select of the contact ids whose rows this build replaces (see the top of the file).
         Loads compare with `>`: each has its own instant, and the newest the last build saw
         may be a bulk backfill of the whole history. -#}
@@ -88,6 +90,16 @@
             where anonymous_id is not null
                 and (loaded_at > {{ loaded_until }} or loaded_at is null)
         )
+    {%- for event_name, duration in (wakes or {}).items() %}
+
+    union
+
+    select coalesce(contact_id, stitched_contact_id) as contact_id
+    from {{ stitched }}
+    where event_name = '{{ event_name }}'
+        and {{ nudge_add_duration('occurred_at', duration) }} > {{ last_as_of }}
+        and {{ nudge_add_duration('occurred_at', duration) }} <= {{ nudge_as_of() }}
+    {%- endfor %}
     {%- if with_contacts %}
 
     union
@@ -100,9 +112,9 @@
 {%- endmacro %}
 
 
-{% macro nudge_contact_in_rebuild(contact_column, with_contacts=false) -%}
+{% macro nudge_contact_in_rebuild(contact_column, with_contacts=false, wakes=none) -%}
     {#- A predicate for the model's reads: everyone on a full build, else the contacts to rebuild. -#}
-    {%- set scope = nudge_contacts_to_rebuild(with_contacts) -%}
+    {%- set scope = nudge_contacts_to_rebuild(with_contacts, wakes) -%}
     {%- if nudge_contact_watermark() is none -%}
         (1 = 1)
     {%- else -%}
@@ -111,13 +123,13 @@
 {%- endmacro %}
 
 
-{% macro nudge_forget_contacts_to_rebuild(with_contacts=false) -%}
+{% macro nudge_forget_contacts_to_rebuild(with_contacts=false, wakes=none) -%}
     {#- Pre-hook: the rows this build replaces, all of them when it rebuilds everyone. -#}
     {%- if is_incremental() -%}
         {%- if nudge_contact_watermark() is none -%}
             delete from {{ this }}
         {%- else -%}
-            delete from {{ this }} where contact_id in ({{ nudge_contacts_to_rebuild(with_contacts) }})
+            delete from {{ this }} where contact_id in ({{ nudge_contacts_to_rebuild(with_contacts, wakes) }})
         {%- endif -%}
     {%- endif -%}
 {%- endmacro %}

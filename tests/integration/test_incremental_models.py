@@ -4,16 +4,17 @@ Real components: sample landing files split into two loads, the real ingest into
 file, and real `dbt build` subprocesses with the tick's own arguments and environment. Load 1
 arrives a day's file at a time (as hourly ticks would bring it), load 2 at once. The
 warehouse is built at T1 after load 1, incrementally at T2 after load 2, incrementally again
-at an earlier T0 (a replay), back at TR and forward to T0 again (as a backtest goes), then with --full-refresh at T2 and at T0; a copy of the file is
+at an earlier T0 (a replay), back at TR and forward to T0 again (as a backtest goes), on to T3
+three hours later, then with --full-refresh at T2, T0 and T3; a copy of the file is
 kept after each build and every model of the staging, intermediate, segments and triggers
 folders is compared row for row between the incremental and the full-refresh copies.
 
 Load 2 carries what makes an incremental build of int_events_stitched hard: identifies that
 link anonymous events of load 1 (some of them happened before T1 and arrive late), an earlier
 identify of an already stitched device to another contact (its history moves), and a new
-anonymous event of a device stitched in load 1. The per-contact models (int_carts,
-int_workout_days, trg_upgrade_moment, trg_workout_completed) rebuild at T2 only the contacts with something new, and everyone when the
-clock moves back to T0.
+anonymous event of a device stitched in load 1. The per-contact models (PER_CONTACT_MODELS) rebuild at T2 only the contacts with something new, and everyone when the
+clock moves back to T0. Planted contacts (WAKING) change between T0 and T3 only because time
+passes: a browse goes quiet, a contact turns dormant, a purchase leaves its 30 days.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ T1 = datetime(2026, 10, 28, tzinfo=UTC)
 T2 = datetime(2026, 11, 1, tzinfo=UTC)
 T0 = datetime(2026, 10, 30, 12, tzinfo=UTC)
 TR = datetime(2026, 10, 26, tzinfo=UTC)
+# Three hours after T0, built incrementally straight after it: nothing new is loaded and no planted
+# contact has an event in between, so only the time rules (wakes) can change their answers.
+T3 = T0 + timedelta(hours=3)
 
 COMPARED_FOLDERS = ("staging", "intermediate", "segments", "triggers")
 # An append-only record of what each tick saw: by design it differs from one rebuilt in a
@@ -69,6 +73,43 @@ def parse_time(text: object) -> datetime | None:
     except ValueError:
         return None
     return plain(moment) if moment.tzinfo else None
+
+
+
+def _event(event_id: str, contact_id: str, name: str, at: datetime, **properties: object) -> dict:
+    return {"event_id": event_id, "contact_id": contact_id, "name": name,
+            "occurred_at": plain(at).isoformat() + "Z", "properties": properties}
+
+
+# Contacts whose answer changes between T0 and T3 only because time passes: model -> (contact,
+# whether they are in it at T3 rather than at T0). Each has these events and nothing else.
+WAKE = T0 + timedelta(hours=1)  # inside (T0, T3]
+WAKING = {
+    "trg_browse_abandoned": ("c_inctest_browser", True),  # quiet 2 hours after the last view
+    "trg_clicked_no_purchase": ("c_inctest_clicker", True),  # 72 hours after the click
+    "seg_dormant": ("c_inctest_sleeper", True),  # 30 days after the last activity
+    "seg_recent_buyers": ("c_inctest_buyer", False),  # 30 days after the purchase
+    "seg_power_users": ("c_inctest_athlete", False),  # 7 days after the first of three workouts
+    "seg_free_plan_engaged": ("c_inctest_free", False),  # 14 days after the first of two workouts
+}
+WAKING_EVENTS = [
+    _event("e_inctest_view_1", "c_inctest_browser", "product_viewed", WAKE - timedelta(hours=2, minutes=30),
+           product_id="p_inctest"),
+    _event("e_inctest_view_2", "c_inctest_browser", "product_viewed", WAKE - timedelta(hours=2), product_id="p_inctest"),
+    _event("e_inctest_click", "c_inctest_clicker", "email_clicked", WAKE - timedelta(hours=72),
+           automation="welcome", url="https://nudge.example/start"),
+    _event("e_inctest_login", "c_inctest_sleeper", "logged_in", WAKE - timedelta(days=30)),
+    _event("e_inctest_purchase", "c_inctest_buyer", "purchased", WAKE - timedelta(days=30), order_id="o_inctest",
+           products=[]),
+    *(_event(f"e_inctest_workout_{i}", "c_inctest_athlete", "workout_completed",
+             WAKE - timedelta(days=7) + timedelta(minutes=10 * i), workout_type="run") for i in range(3)),
+    *(_event(f"e_inctest_free_workout_{i}", "c_inctest_free", "workout_completed",
+             WAKE - timedelta(days=14) + timedelta(minutes=10 * i), workout_type="run") for i in range(2)),
+]
+FREE_CONTACT = {
+    "contact_id": "c_inctest_free", "email": "free@example.com", "status": "subscribed", "first_name": "Free",
+    "last_name": "Plan", "timezone": "UTC", "properties": {"plan": "free"}, "updated_at": "2026-10-01T00:00:00Z",
+}
 
 
 # --- the two loads ---------------------------------------------------------------------------------
@@ -169,6 +210,7 @@ def split_sample(sample: Path) -> Split:
         if row and row.get("event_id") in held_ids
     ]
     late_lines += [orjson.dumps(relink) + b"\n", orjson.dumps(anonymous_after) + b"\n"]
+    late_lines += [orjson.dumps(event) + b"\n" for event in WAKING_EVENTS]
     split.load2["events/late-arrivals.jsonl"] = b"".join(late_lines)
 
     late_rows = [row for name in files if name not in early for row in rows[name] if row]
@@ -183,7 +225,7 @@ def split_sample(sample: Path) -> Split:
         updated = parse_time(row.get("updated_at")) if row else None
         (later if updated and updated >= plain(T1) else first).append(line)
     split.load1["contacts/contacts.jsonl"] = b"".join(first)
-    split.load2["contacts/contacts-later.jsonl"] = b"".join(later)
+    split.load2["contacts/contacts-later.jsonl"] = b"".join([*later, orjson.dumps(FREE_CONTACT) + b"\n"])
     return split
 
 
@@ -271,7 +313,11 @@ def keep(con: duckdb.DuckDBPyConnection, warehouse: Path, copy: str, models: dic
         con.execute("detach warehouse")
 
 
-PER_CONTACT_MODELS = ("int_carts", "int_workout_days", "trg_upgrade_moment", "trg_workout_completed")
+PER_CONTACT_MODELS = (
+    "int_carts", "int_workout_days", "seg_dormant", "seg_power_users", "seg_free_plan_engaged", "seg_recent_buyers",
+    "trg_upgrade_moment", "trg_workout_completed", "trg_browse_abandoned", "trg_clicked_no_purchase",
+    "trg_first_login_nudge",
+)
 INCREMENTAL_MODELS = ("int_events_stitched", *PER_CONTACT_MODELS)
 
 
@@ -315,9 +361,11 @@ def runs(tmp_path_factory) -> Iterator[Runs]:
     # hourly replays go: only the clock says which of them are new
     build("rewound", TR)
     build("replayed_t0", T0)
+    build("incremental_t3", T3)
     # The same warehouse rebuilt from stg_events: same raw tables, same path (no second parse).
     build("full_t2", T2, "--full-refresh", *NO_DATA_TESTS)
     build("full_t0", T0, "--full-refresh", *NO_DATA_TESTS)
+    build("full_t3", T3, "--full-refresh", *NO_DATA_TESTS)
     yield Runs(split, models, con, compiled)
     con.close()
 
@@ -372,7 +420,8 @@ def test_the_second_load_links_history_of_the_first(runs):
         copy: '"intermediate"."int_events_stitched"' in sql["int_events_stitched"] for copy, sql in runs.compiled.items()
     }
     assert reads_itself == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": True,
-                            "rewound": True, "replayed_t0": True, "full_t2": False, "full_t0": False}
+                            "rewound": True, "replayed_t0": True, "incremental_t3": True,
+                            "full_t2": False, "full_t0": False, "full_t3": False}
 
 
 @pytest.mark.parametrize("model", PER_CONTACT_MODELS)
@@ -381,10 +430,11 @@ def test_per_contact_models_rebuild_only_the_contacts_with_news_when_the_clock_m
     # moved back (T0 after T2, TR after T0) and the full refreshes read everyone. All agree.
     scoped = {copy: "contact_id in (" in sql[model] for copy, sql in runs.compiled.items()}
     assert scoped == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": False,
-                      "rewound": False, "replayed_t0": True, "full_t2": False, "full_t0": False}
+                      "rewound": False, "replayed_t0": True, "incremental_t3": True,
+                      "full_t2": False, "full_t0": False, "full_t3": False}
 
 
-@pytest.mark.parametrize("copy", ["incremental_t2", "incremental_t0", "replayed_t0"])
+@pytest.mark.parametrize("copy", ["incremental_t2", "incremental_t0", "replayed_t0", "incremental_t3"])
 def test_incremental_builds_give_the_full_refreshs_rows(runs, copy):
     assert {"stg_events", "int_events_stitched", "int_events", "seg_dormant", "trg_welcome"} <= runs.compared.keys()
     as_of = copy.rpartition("_")[2]
@@ -397,6 +447,16 @@ def test_incremental_builds_give_the_full_refreshs_rows(runs, copy):
             differences[model] = {"incremental only": only_incremental[:3], "full refresh only": only_full[:3],
                                   "counts": (len(only_incremental), len(only_full))}
     assert not differences, f"{copy} and the full refresh at {as_of} differ: {differences}"
+
+
+@pytest.mark.parametrize("model", sorted(WAKING))
+def test_time_alone_changes_the_planted_contacts_between_t0_and_t3(runs, model):
+    # What makes the comparison at T3 a test of the wakes: the full refreshes disagree on this
+    # contact, though nothing of theirs was loaded or happened in between.
+    contact, joins = WAKING[model]
+    member = {copy: runs.query(f"select count(*) from {copy}.\"{model}\" where contact_id = '{contact}'")[0][0] > 0
+              for copy in ("full_t0", "full_t3", "replayed_t0", "incremental_t3")}
+    assert member == {"full_t0": not joins, "full_t3": joins, "replayed_t0": not joins, "incremental_t3": joins}
 
 
 def test_the_compared_models_are_populated(runs):

@@ -4,13 +4,33 @@
     'logged_in', 'workout_completed', 'product_viewed', 'added_to_cart', 'purchased', 'premium_feature_used'
 ] -%}
 {%- set dormant_after = '30d' -%}
+{#- Per contact (macros/per_contact_incremental.sql): a contact's dormancy changes with their
+    own events, and when 30 days pass after an activity. -#}
+{%- set wakes = {} -%}
+{%- for event_name in activity_events -%}
+    {%- do wakes.update({event_name: dormant_after}) -%}
+{%- endfor -%}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes=" ~ wakes ~ ") }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
+) }}
 
 with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id', wakes=wakes) }}
+
+),
 
 last_activity as (
 
     -- imported history is not the contact's own recent doing: only live events count
-    {{ nudge_last_occurrence(activity_events, where='not is_syncing') }}
+    {{ nudge_last_occurrence(activity_events, where='not is_syncing', events='events') }}
 
 ),
 
@@ -24,7 +44,7 @@ final as (
         cast(event_name as {{ dbt.type_string() }}) as last_activity
 
     from last_activity
-    where {{ nudge_not_performed(activity_events, within=dormant_after, where='not is_syncing') }}
+    where {{ nudge_not_performed(activity_events, within=dormant_after, where='not is_syncing', events='events') }}
 
 )
 

@@ -1,4 +1,22 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(with_contacts=true, wakes={'workout_completed': '14d'}) }}",
+    post_hook="{{ nudge_record_contact_watermark(with_contacts=true) }}"
+) }}
+
+-- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
+-- workouts and plan, and when 14 days pass after a workout.
+
 with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id', with_contacts=true, wakes={'workout_completed': '14d'}) }}
+
+),
 
 contacts as (
 
@@ -8,7 +26,7 @@ contacts as (
 
 regular_exercisers as (
 
-    {{ nudge_performers('workout_completed', at_least=2, within='14d', where='not is_syncing') }}
+    {{ nudge_performers('workout_completed', at_least=2, within='14d', where='not is_syncing', events='events') }}
 
 ),
 

@@ -1,8 +1,26 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes={'workout_completed': '7d'}) }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
+) }}
+
+-- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
+-- workouts, and when 7 days pass after one.
+
 with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id', wakes={'workout_completed': '7d'}) }}
+
+),
 
 frequent_exercisers as (
 
-    {{ nudge_performers('workout_completed', at_least=3, within='7d', where='not is_syncing') }}
+    {{ nudge_performers('workout_completed', at_least=3, within='7d', where='not is_syncing', events='events') }}
 
 ),
 

@@ -1,15 +1,33 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes={'purchased': '30d'}) }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
+) }}
+
+-- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
+-- purchases, and when 30 days pass after one.
+
 with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id', wakes={'purchased': '30d'}) }}
+
+),
 
 recent_buyers as (
 
-    {{ nudge_performers('purchased', within='30d', where='not is_syncing') }}
+    {{ nudge_performers('purchased', within='30d', where='not is_syncing', events='events') }}
 
 ),
 
 first_purchases as (
 
     -- history counts here: a contact who bought before the import is a returning buyer
-    {{ nudge_first_occurrence('purchased') }}
+    {{ nudge_first_occurrence('purchased', events='events') }}
 
 ),
 

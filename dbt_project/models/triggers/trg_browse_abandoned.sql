@@ -1,8 +1,20 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes={'product_viewed': '2h'}) }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
+) }}
+
+-- Per contact (macros/per_contact_incremental.sql): a contact's browses change with their own
+-- views and adds, and when 2 hours pass after a view.
+
 with
 
 events as (
 
     select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id', wakes={'product_viewed': '2h'}) }}
 
 ),
 

@@ -1,10 +1,22 @@
-{%- set clicked_automation = json_get('properties', 'automation') -%}
+{% set clicked_automation = json_get('properties', 'automation') %}
+
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes={'email_clicked': '72h'}) }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
+) }}
+
+-- Per contact (macros/per_contact_incremental.sql): a contact's qualifications change with their
+-- own events, and when 72 hours pass after a click.
 
 with
 
 events as (
 
     select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id', wakes={'email_clicked': '72h'}) }}
 
 ),
 
@@ -15,7 +27,8 @@ clicks_without_purchase as (
         'email_clicked',
         'purchased',
         '72h',
-        a_where="coalesce(" ~ clicked_automation ~ ", '') <> 'clicked_no_purchase'"
+        a_where="coalesce(" ~ clicked_automation ~ ", '') <> 'clicked_no_purchase'",
+        events='events'
     ) }}
 
 ),

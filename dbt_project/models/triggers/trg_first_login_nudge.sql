@@ -1,11 +1,29 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
+) }}
+
+-- Per contact (macros/per_contact_incremental.sql): a contact's first moment is their own, and
+-- qualifies when it happens.
+
 with
+
+events as (
+
+    select * from {{ ref('int_events') }}
+    where {{ nudge_contact_in_rebuild('contact_id') }}
+
+),
 
 first_moments as (
 
     -- the first of signing up and installing the app (an install before signup is stitched to
     -- the contact by int_events) starts the 24 hours. Imported history counts here: a contact
     -- whose first moment is history is not new, and a later live signup does not make them new
-    {{ nudge_first_occurrence(['signed_up', 'app_installed']) }}
+    {{ nudge_first_occurrence(['signed_up', 'app_installed'], events='events') }}
 
 ),
 
