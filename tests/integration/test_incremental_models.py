@@ -414,14 +414,16 @@ def test_the_second_load_links_history_of_the_first(runs):
         f"where event_id = '{ANONYMOUS_AFTER_EVENT_ID}'"
     ) == [(*split.anonymous_after, plain(T2))]
 
-    # the builds at T2 and T0 ran int_events_stitched incrementally (reading the table itself); the
-    # first build and the full refreshes did not
-    reads_itself = {
-        copy: '"intermediate"."int_events_stitched"' in sql["int_events_stitched"] for copy, sql in runs.compiled.items()
-    }
-    assert reads_itself == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": True,
+    # the builds after the first ran int_events_stitched incrementally (only what was loaded after the
+    # newest load it held, as a constant, and the relinked devices); the first and the full refreshes did not
+    newest = {copy: runs.query(f"select max(loaded_at) from {copy}.int_events_stitched")[0][0] for copy in runs.compiled}
+    incremental = {copy: "relinked as (" in sql["int_events_stitched"] for copy, sql in runs.compiled.items()}
+    assert incremental == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": True,
                             "rewound": True, "replayed_t0": True, "incremental_t3": True,
                             "full_t2": False, "full_t0": False, "full_t3": False}
+    # at T2 it read what came after load 1's newest instant, T1
+    assert f"loaded_at > cast('{plain(T1)}" in runs.compiled["incremental_t2"]["int_events_stitched"]
+    assert newest["incremental_t1"] == plain(T1) and newest["incremental_t2"] == plain(T2)
 
 
 @pytest.mark.parametrize("model", PER_CONTACT_MODELS)

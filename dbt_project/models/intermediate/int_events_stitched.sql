@@ -13,12 +13,6 @@
 
 with
 
-events as (
-
-    select * from {{ ref('stg_events') }}
-
-),
-
 identity_map as (
 
     select * from {{ ref('int_identity_map') }}
@@ -27,36 +21,37 @@ identity_map as (
 
 {% if is_incremental() %}
 
-last_build as (
-
-    -- `>`, not `>=`: each load has its own instant (the ingest's clock, or the loader's), and
-    -- the last build read everything up to its newest. `>=` read the newest load again on
-    -- every build, and after a bulk backfill that load is the whole history.
-    select coalesce(max(loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) as loaded_at
-    from {{ this }}
-
-),
+{#- `>`, not `>=`: each load has its own instant (the ingest's clock, or the loader's), and
+    the last build read everything up to its newest. `>=` read the newest load again on
+    every build, and after a bulk backfill that load is the whole history. The instant is
+    written into the SQL, not joined in: a constant lets the scan skip the old row groups. -#}
+{%- set loaded_until = nudge_newest_load(this) -%}
 
 relinked as (
 
     -- anonymous ids a newly loaded event links: their earlier events may change hands
-    select distinct events.anonymous_id
-    from events
-    cross join last_build
-    where events.anonymous_id is not null
-        and events.contact_id is not null
-        and (events.loaded_at > last_build.loaded_at or events.loaded_at is null)
+    select distinct anonymous_id
+    from {{ ref('stg_events') }}
+    where anonymous_id is not null
+        and contact_id is not null
+        and (loaded_at > {{ loaded_until }} or loaded_at is null)
 
 ),
 
 changed as (
 
-    select events.*
-    from events
-    cross join last_build
-    where events.loaded_at > last_build.loaded_at
-        or events.loaded_at is null
-        or events.anonymous_id in (select anonymous_id from relinked)
+    -- stg_events is named in each branch rather than imported once: a CTE read more than
+    -- once is materialized whole (DuckDB), which copied every event on every build
+    select *
+    from {{ ref('stg_events') }}
+    where loaded_at > {{ loaded_until }} or loaded_at is null
+
+    union all
+
+    select *
+    from {{ ref('stg_events') }}
+    where loaded_at <= {{ loaded_until }}
+        and anonymous_id in (select anonymous_id from relinked)
 
 ),
 
@@ -64,7 +59,7 @@ changed as (
 
 changed as (
 
-    select * from events
+    select * from {{ ref('stg_events') }}
 
 ),
 

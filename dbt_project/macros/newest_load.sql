@@ -1,0 +1,12 @@
+{% macro nudge_newest_load(relation) -%}
+    {#- The newest loaded_at in `relation`, as a timestamp literal for the compiled SQL (a
+        constant lets the scan skip row groups loaded before it); 1900-01-01 when it is empty.
+        While parsing, nothing is read. -#}
+    {%- set newest = none -%}
+    {%- if execute -%}
+        {%- set newest = run_query(
+            "select cast(max(loaded_at) as " ~ dbt.type_string() ~ ") from " ~ relation
+        ).columns[0].values()[0] -%}
+    {%- endif -%}
+    {{ return("cast('" ~ (newest or '1900-01-01 00:00:00') ~ "' as " ~ dbt.type_timestamp() ~ ")") }}
+{%- endmacro %}
