@@ -1,19 +1,22 @@
 with
 
-events as (
-
-    select * from {{ ref('int_events') }}
-
-),
-
 -- imported history counts everywhere in the catalogue: a product someone viewed or
--- bought before the sync is still a product, and its popularity is real
+-- bought before the sync is still a product, and its popularity is real. Each import
+-- reads int_events for its own event names: DuckDB materializes a CTE that is read twice.
 
 purchases as (
 
     select event_id, event_name, occurred_at, properties
-    from events
+    from {{ ref('int_events') }}
     where event_name = 'purchased'
+
+),
+
+views_and_adds as (
+
+    select event_id, event_name, occurred_at, properties
+    from {{ ref('int_events') }}
+    where event_name in ('product_viewed', 'added_to_cart')
 
 ),
 
@@ -27,8 +30,7 @@ product_objects as (
 
     -- a view or an add names one product in its properties; a purchase one per order line
     select event_id, event_name, occurred_at, properties as product
-    from events
-    where event_name in ('product_viewed', 'added_to_cart')
+    from views_and_adds
 
     union all
 

@@ -22,9 +22,12 @@ automations as (
 
 ),
 
-events as (
+conversion_events as (
 
-    select * from {{ ref('int_events') }}
+    -- the columns a conversion needs, without properties: purchases below read int_events
+    -- on their own, since DuckDB materializes a CTE that is read twice (every event, here)
+    select event_id, contact_id, event_name, occurred_at
+    from {{ ref('int_events') }}
 
 ),
 
@@ -70,14 +73,14 @@ contact_outcomes as (
         exposures.automation,
         exposures.contact_id,
         exposures.exposure_group,
-        max(case when events.event_id is not null then 1 else 0 end) as converted
+        max(case when conversion_events.event_id is not null then 1 else 0 end) as converted
 
     from exposures
-    left join events
-        on events.contact_id = exposures.contact_id
-        and events.event_name = exposures.conversion_event
-        and events.occurred_at > exposures.exposed_at
-        and events.occurred_at <= {{ dbt.dateadd('second', 'exposures.conversion_window_seconds', 'exposures.exposed_at') }}
+    left join conversion_events
+        on conversion_events.contact_id = exposures.contact_id
+        and conversion_events.event_name = exposures.conversion_event
+        and conversion_events.occurred_at > exposures.exposed_at
+        and conversion_events.occurred_at <= {{ dbt.dateadd('second', 'exposures.conversion_window_seconds', 'exposures.exposed_at') }}
     group by exposures.automation, exposures.contact_id, exposures.exposure_group
 
 ),
@@ -183,7 +186,7 @@ purchases as (
         occurred_at,
         cast({{ json_get('properties', var('nudge_revenue_property', 'total')) }} as {{ dbt.type_numeric() }}) as revenue
 
-    from events
+    from {{ ref('int_events') }}
     where event_name = '{{ var("nudge_revenue_event", "purchased") }}'
 
 ),
