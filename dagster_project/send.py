@@ -363,7 +363,12 @@ def _unsubscribe(candidate: Candidate, automation: Automation, config: SendConfi
 
 
 def template_variables(candidate: Candidate, automation: Automation, config: SendConfig, as_of: datetime) -> dict[str, Any]:
-    links = _unsubscribe(candidate, automation, config)
+    return _variables(candidate, automation, config, as_of, _unsubscribe(candidate, automation, config))
+
+
+def _variables(
+    candidate: Candidate, automation: Automation, config: SendConfig, as_of: datetime, links: UnsubscribeLinks | None
+) -> dict[str, Any]:
     unsubscribe_url = links.https if links else ""
     sender = automation.sender or config.sender
     return {
@@ -394,8 +399,10 @@ def _message(
 ) -> EmailMessage:
     """Render and compose one message; RenderError or ValueError for this contact only."""
     sender = automation.sender or config.sender
+    # The same signed links in the body and in the List-Unsubscribe headers, signed once.
+    links = _unsubscribe(candidate, automation, config)
     try:
-        variables = template_variables(candidate, automation, config, as_of)
+        variables = _variables(candidate, automation, config, as_of, links)
     except json.JSONDecodeError as error:
         raise RenderError(f"the trigger's context or the contact's properties are not JSON: {error}") from None
     rendered = template.render(variables)
@@ -406,7 +413,7 @@ def _message(
         automation=automation.name,
         message_id=message_id(automation.name, candidate.trigger_key, sender_domain(sender)),
         date=now,
-        unsubscribe=_unsubscribe(candidate, automation, config),
+        unsubscribe=links,
     )
 
 
