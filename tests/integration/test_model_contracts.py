@@ -7,9 +7,10 @@ and a test on int_carts fails, so dbt skips trg_cart_abandoned. Dagster runs not
 downstream of a model that did not build, the send step included: the tick must fail and
 say why, not pass with nothing sent.
 
-The trigger models keep not_null tests instead: a bad row in one automation's trigger
-stops only that automation (tests/integration/test_new_automation.py), where a failed
-build would stop every send of the tick.
+The trigger models keep a test instead (trigger_contract: the five columns present, nothing
+after as_of): a bad row in one automation's trigger stops only that automation
+(tests/integration/test_new_automation.py), where a failed build would stop every send of
+the tick. trg_upgrade_moment is broken here to show the test fail while the model builds.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ BROKEN_PROPERTIES = "        case when json_extract_string(properties, '$.source
 # A singular test that fails whenever anyone has a cart: dbt then skips trg_cart_abandoned.
 FAILING_CARTS_TEST = "select * from {{ ref('int_carts') }}"
 
+# A trigger that loses the key of its plan-limit moments: its trigger_contract test fails.
+GOOD_KEY = "        moments.event_id as trigger_key,\n"
+BROKEN_KEY = "        case when moments.reason = 'premium_feature_used' then moments.event_id end as trigger_key,\n"
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, dbt_manifest):
@@ -40,6 +45,10 @@ def env(tmp_path_factory, dbt_manifest):
     assert sql.count(GOOD_PROPERTIES) == 1
     model.write_text(sql.replace(GOOD_PROPERTIES, BROKEN_PROPERTIES))
     (dbt_dir / "tests/carts_nobody.sql").write_text(FAILING_CARTS_TEST)
+    trigger = dbt_dir / "models/triggers/trg_upgrade_moment.sql"
+    sql = trigger.read_text()
+    assert sql.count(GOOD_KEY) == 1
+    trigger.write_text(sql.replace(GOOD_KEY, BROKEN_KEY))
     return env_for_copy(root, contacts=200, seed=3)
 
 
@@ -74,7 +83,14 @@ def test_int_first_signups_guards_its_columns_with_constraints_and_triggers_keep
     assert all({"type": "not_null"}.items() <= c["constraints"][0].items() for c in model["columns"].values())
     assert "not_null" not in data_tests_on(manifest, "int_first_signups")
     assert not manifest["nodes"]["model.nudge.trg_welcome"]["contract"]["enforced"]
-    assert {"unique", "not_null", "not_after_as_of"} <= data_tests_on(manifest, "trg_welcome")
+    assert {"unique", "trigger_contract"} <= data_tests_on(manifest, "trg_welcome")
+
+
+def test_a_trigger_row_that_breaks_the_contract_fails_its_test_not_its_build(env, tick):
+    # the model built; its one trigger_contract test (not six per-column tests) failed, and
+    # the send asset's gate stops that automation alone
+    assert build_status(env, "trg_upgrade_moment") == ("success", "trigger_contract_trg_upgrade_moment_")
+    assert env.scalar("select count(*) from triggers.trg_upgrade_moment where trigger_key is null") > 0
 
 
 def test_the_warehouse_refuses_the_null_and_int_first_signups_does_not_build(env, tick):
