@@ -17,8 +17,9 @@
     that reads stg_contacts (`with_contacts=true`), those whose contact row was loaded
     since; and, for a model whose answer changes when time passes (`wakes`: an event name to
     a duration, e.g. {'product_viewed': '2h'}), the contacts with such an event that the
-    clock passed the duration after since the last build. A clock that moved back (a replay of an earlier hour) rebuilds everyone, so a
-    replay gives the answer a full refresh gives (tests/integration/test_incremental_models.py).
+    clock passed the duration after since the last build. A clock that moved back (a
+    replay of an earlier hour) rebuilds everyone, so a replay gives the answer a full
+    refresh gives (tests/integration/test_incremental_models.py).
 -#}
 
 
