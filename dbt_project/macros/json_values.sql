@@ -78,25 +78,31 @@
 {% macro json_number(column, key) -%}
     {#- The number under a top-level key of JSON object text (a JSON number or a numeric
         string), or null when the key is missing or holds anything else: a product priced
-        "free" must not fail the build. Dispatched because only some engines have try_cast. -#}
-    {{ return(adapter.dispatch('json_number', 'nudge')(column, key)) }}
+        "free" must not fail the build. -#}
+    {{ return(text_number(json_get(column, key))) }}
 {%- endmacro %}
 
-{% macro default__json_number(column, key) -%}
-    {{ dbt.safe_cast(json_get(column, key), dbt.type_numeric()) }}
+{% macro text_number(expression) -%}
+    {#- Text read as a number, or null when it is not one (json_number's rule, for a value
+        already taken out of its JSON). Dispatched because only some engines have try_cast. -#}
+    {{ return(adapter.dispatch('text_number', 'nudge')(expression)) }}
 {%- endmacro %}
 
-{% macro duckdb__json_number(column, key) -%}
-    try_cast({{ json_get(column, key) }} as {{ dbt.type_numeric() }})
+{% macro default__text_number(expression) -%}
+    {{ dbt.safe_cast(expression, dbt.type_numeric()) }}
 {%- endmacro %}
 
-{% macro postgres__json_number(column, key) -%}
+{% macro duckdb__text_number(expression) -%}
+    try_cast({{ expression }} as {{ dbt.type_numeric() }})
+{%- endmacro %}
+
+{% macro postgres__text_number(expression) -%}
     case
-        when {{ json_get(column, key) }} ~ '^\s*-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\s*$'
-            then cast({{ json_get(column, key) }} as {{ dbt.type_numeric() }})
+        when {{ expression }} ~ '^\s*-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\s*$'
+            then cast({{ expression }} as {{ dbt.type_numeric() }})
     end
 {%- endmacro %}
 
-{% macro snowflake__json_number(column, key) -%}
-    try_to_decimal({{ json_get(column, key) }}, 28, 6)
+{% macro snowflake__text_number(expression) -%}
+    try_to_decimal({{ expression }}, 28, 6)
 {%- endmacro %}

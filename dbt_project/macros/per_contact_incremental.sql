@@ -5,27 +5,42 @@
 
     A model opts in with the config at the top of int_carts.sql (incremental, appended,
     nudge_forget_contacts_to_rebuild as its pre-hook, nudge_record_contact_watermark as
-    its post-hook)
-    and filters what it reads with `where {{ nudge_contact_in_rebuild('contact_id') }}`.
-    The pre-hook deletes those contacts' rows, the model appends their new ones, and the
-    post-hook records the clock and the load time it was built at.
+    its post-hook, and its time rules as meta.nudge_wakes) and reads its events with
+    `select * from {{ nudge_events_to_rebuild() }}`. The pre-hook deletes the rows of the
+    contacts to rebuild, the model appends their new ones, and the post-hook records the
+    clock and the load times it was built at.
 
     Which contacts: those with an event loaded since the last build; those with an event
     (or an identify of their anonymous id) that the clock reached since the last build;
     every contact that ever shared an anonymous id with a newly loaded event (a late
-    identify can move that id's history from one contact to another); and, for a model
-    that reads stg_contacts (`with_contacts=true`), those whose contact row was loaded
-    since; and, for a model whose answer changes when time passes (`wakes`: an event name to
-    a duration, e.g. {'product_viewed': '2h'}), the contacts with such an event that the
-    clock passed the duration after since the last build. A clock that moved back (a
-    replay of an earlier hour) rebuilds everyone, so a replay gives the answer a full
-    refresh gives (tests/integration/test_incremental_models.py).
+    identify can move that id's history from one contact to another); those whose contact
+    row was loaded since (a new time zone, a new plan); and, for a model whose answer
+    changes when time passes (meta.nudge_wakes: an event name to a duration, e.g.
+    {'product_viewed': '2h'}), the contacts with such an event that the clock passed the
+    duration after since the last build. A clock that moved back (a replay of an earlier
+    hour) rebuilds everyone, so a replay gives the answer a full refresh gives
+    (tests/integration/test_incremental_models.py).
+
+    Finding those contacts and their events costs a pass over every event, so a tick does it
+    once for all the models: int_contacts_to_rebuild holds the contacts changed since the
+    oldest of the models' last builds, for every model's time rules together (more contacts
+    than one model needs is still its answer: a contact with nothing new is rebuilt the same),
+    and int_events_to_rebuild their events. A model reads them when they were built at its
+    clock with every load it sees (a tick builds them first); otherwise (a model built on
+    its own after a new load) it works out its own contacts.
 -#}
 
 
-{% macro nudge_contact_watermarks_relation() -%}
-    {#- One row per opted-in model: what it was last built with. Kept beside the models. -#}
-    {{ return(api.Relation.create(database=this.database, schema=this.schema, identifier='nudge_contact_watermarks')) }}
+{% macro nudge_contact_watermarks_relation(beside=none) -%}
+    {#- One row per opted-in model: what it was last built with. Kept beside the models (in
+        the schema of `beside`, this model's by default). -#}
+    {%- set model_relation = beside if beside is not none else this -%}
+    {{ return(api.Relation.create(database=model_relation.database, schema=model_relation.schema, identifier='nudge_contact_watermarks')) }}
+{%- endmacro %}
+
+
+{% macro nudge_relation_exists(relation) -%}
+    {{ return(adapter.get_relation(relation.database, relation.schema, relation.identifier) is not none) }}
 {%- endmacro %}
 
 
@@ -53,32 +68,54 @@
     {%- if last[0][:19] > nudge_as_of_text()[:19] -%}
         {{ return(none) }}
     {%- endif -%}
+    {#- Before every model recorded its contact loads, one that did not read stg_contacts
+        left them empty: it had nothing to rebuild for a contact row. -#}
     {{ return({
         'as_of': last[0],
         'events_loaded_until': last[1] or '1900-01-01 00:00:00',
-        'contacts_loaded_until': last[2] or '1900-01-01 00:00:00',
+        'contacts_loaded_until': last[2],
     }) }}
 {%- endmacro %}
 
 
-{% macro nudge_contacts_to_rebuild(with_contacts=false, wakes=none) -%}
-    {#- A select of the contact ids whose rows this build replaces (see the top of the file).
-        Loads compare with `>`: each has its own instant, and the newest the last build saw
-        may be a bulk backfill of the whole history. -#}
-    {%- set last = nudge_contact_watermark() -%}
-    {#- The refs make the dependencies known when dbt parses; a unit test (no `this`) reads
-        only the inputs it gives, and always everyone. -#}
-    {%- set stitched = ref('int_events_stitched') if this is not none else none -%}
-    {%- set contacts = ref('stg_contacts') if with_contacts and this is not none else none -%}
-    {%- set ts = dbt.type_timestamp() -%}
-    {%- set last_as_of = "cast('" ~ last.as_of ~ "' as " ~ ts ~ ")" if last else none -%}
-    {%- set loaded_until = "cast('" ~ last.events_loaded_until ~ "' as " ~ ts ~ ")" if last else none -%}
+{% macro nudge_timestamp_literal(text) -%}
+    cast('{{ text }}' as {{ dbt.type_timestamp() }})
+{%- endmacro %}
+
+
+{% macro nudge_contacts_changed_since(last, wakes, stitched, contacts) -%}
+    {#- A select of the contact ids whose rows may differ from those built at `last` (a
+        watermark), for models with the time rules `wakes` (a list of [event name, duration]). Each reason is its own branch
+        with a plain range on one column, so the scan skips the row groups outside it (an
+        OR of them, or a duration added to the column, reads every event). Loads compare
+        with `>`: each has its own instant, and the newest the last build saw may be a bulk
+        backfill of the whole history. -#}
+    {%- set last_as_of = nudge_timestamp_literal(last.as_of) -%}
+    {%- set loaded_until = nudge_timestamp_literal(last.events_loaded_until) -%}
+    {%- set new_load -%}
+        (loaded_at > {{ loaded_until }} or loaded_at is null)
+    {%- endset -%}
     select coalesce(contact_id, stitched_contact_id) as contact_id
     from {{ stitched }}
     where loaded_at > {{ loaded_until }}
-        or loaded_at is null
-        or (occurred_at > {{ last_as_of }} and occurred_at <= {{ nudge_as_of() }})
-        or (identified_at > {{ last_as_of }} and identified_at <= {{ nudge_as_of() }})
+
+    union
+
+    select coalesce(contact_id, stitched_contact_id) as contact_id
+    from {{ stitched }}
+    where loaded_at is null
+
+    union
+
+    select coalesce(contact_id, stitched_contact_id) as contact_id
+    from {{ stitched }}
+    where occurred_at > {{ last_as_of }} and occurred_at <= {{ nudge_as_of() }}
+
+    union
+
+    select coalesce(contact_id, stitched_contact_id) as contact_id
+    from {{ stitched }}
+    where identified_at > {{ last_as_of }} and identified_at <= {{ nudge_as_of() }}
 
     union
 
@@ -89,54 +126,115 @@
             select anonymous_id
             from {{ stitched }}
             where anonymous_id is not null
-                and (loaded_at > {{ loaded_until }} or loaded_at is null)
+                and {{ new_load }}
         )
-    {%- for event_name, duration in (wakes or {}).items() %}
+    {#- a time rule: the clock passed `duration` after the event, occurred_at + duration in
+        (last, now], written as a range of occurred_at -#}
+    {%- for event_name, duration in wakes | sort %}
+    {%- set parsed = nudge_parse_duration(duration) %}
 
     union
 
     select coalesce(contact_id, stitched_contact_id) as contact_id
     from {{ stitched }}
     where event_name = '{{ event_name }}'
-        and {{ nudge_add_duration('occurred_at', duration) }} > {{ last_as_of }}
-        and {{ nudge_add_duration('occurred_at', duration) }} <= {{ nudge_as_of() }}
+        and occurred_at > cast({{ dbt.dateadd(parsed.datepart, -parsed.amount, last_as_of) }} as {{ dbt.type_timestamp() }})
+        and occurred_at <= cast({{ dbt.dateadd(parsed.datepart, -parsed.amount, nudge_as_of()) }} as {{ dbt.type_timestamp() }})
     {%- endfor %}
-    {%- if with_contacts %}
+    {%- if last.contacts_loaded_until %}
 
     union
 
     select contact_id
     from {{ contacts }}
-    where loaded_at > cast('{{ last.contacts_loaded_until if last else '1900-01-01 00:00:00' }}' as {{ ts }})
+    where loaded_at > {{ nudge_timestamp_literal(last.contacts_loaded_until) }}
         or loaded_at is null
     {%- endif %}
 {%- endmacro %}
 
 
-{% macro nudge_contact_in_rebuild(contact_column, with_contacts=false, wakes=none) -%}
-    {#- A predicate for the model's reads: everyone on a full build, else the contacts to rebuild. -#}
-    {%- set scope = nudge_contacts_to_rebuild(with_contacts, wakes) -%}
-    {%- if nudge_contact_watermark() is none -%}
-        (1 = 1)
+{% macro nudge_wakes() -%}
+    {#- This model's time rules, from meta.nudge_wakes (an event name to a duration), as a
+        list of [event name, duration]. -#}
+    {{ return(((config.get('meta') or {}).get('nudge_wakes') or {}).items() | list) }}
+{%- endmacro %}
+
+
+{% macro nudge_shared_rebuild_is_current() -%}
+    {#- int_contacts_to_rebuild and int_events_to_rebuild hold this build's contacts: both
+        were built at this run's clock and saw every event and contact loaded by now. -#}
+    {%- set relation = nudge_contact_watermarks_relation(ref('int_contacts_to_rebuild')) -%}
+    {%- if not nudge_relation_exists(relation) -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set newest_event = "(select coalesce(max(loaded_at), " ~ nudge_timestamp_literal('1900-01-01 00:00:00') ~ ") from " ~ ref('int_events_stitched') ~ ")" -%}
+    {%- set newest_contact = "(select coalesce(max(loaded_at), " ~ nudge_timestamp_literal('1900-01-01 00:00:00') ~ ") from " ~ ref('stg_contacts') ~ ")" -%}
+    {%- set current = run_query(
+        "select count(*) from " ~ relation
+        ~ " where model_name in ('int_contacts_to_rebuild', 'int_events_to_rebuild')"
+        ~ " and as_of = " ~ nudge_as_of()
+        ~ " and events_loaded_until >= " ~ newest_event
+        ~ " and contacts_loaded_until >= " ~ newest_contact
+    ).columns[0].values()[0] -%}
+    {{ return(current == 2) }}
+{%- endmacro %}
+
+
+{% macro nudge_events_to_rebuild() -%}
+    {#- What a per-contact model reads its events from: int_events on a full build, else the
+        events of the contacts to rebuild. -#}
+    {{ return(nudge_rows_to_rebuild(ref('int_events') if this is none else none)) }}
+{%- endmacro %}
+
+
+{% macro nudge_rows_to_rebuild(relation) -%}
+    {#- What a per-contact model reads `relation`'s rows from (a relation with a contact_id
+        column; none: int_events): all of it on a full build, else the rows of the contacts
+        to rebuild. -#}
+    {#- The refs make the dependencies known when dbt parses (the shared tables build first);
+        a unit test (no `this`) reads only the inputs it gives, and always everyone. -#}
+    {%- if this is none -%}
+        {{ return(relation) }}
+    {%- endif -%}
+    {%- set everyone = ref('int_events') -%}
+    {%- set shared_events = ref('int_events_to_rebuild') -%}
+    {%- set shared_contacts = ref('int_contacts_to_rebuild') -%}
+    {%- set stitched = ref('int_events_stitched') -%}
+    {%- set contacts = ref('stg_contacts') -%}
+    {%- set read = relation if relation is not none else everyone -%}
+    {%- set last = nudge_contact_watermark() -%}
+    {%- if last is none -%}
+        {{ return(read) }}
+    {%- elif nudge_shared_rebuild_is_current() -%}
+        {%- if relation is none -%}
+            {{ return(shared_events) }}
+        {%- endif -%}
+        {{ return("(select * from " ~ read ~ " where contact_id in (select contact_id from " ~ shared_contacts ~ "))") }}
     {%- else -%}
-        {{ contact_column }} in ({{ scope }})
+        {{ return("(select * from " ~ read ~ " where contact_id in ("
+            ~ nudge_contacts_changed_since(last, nudge_wakes(), stitched, contacts) ~ "))") }}
     {%- endif -%}
 {%- endmacro %}
 
 
-{% macro nudge_forget_contacts_to_rebuild(with_contacts=false, wakes=none) -%}
+{% macro nudge_forget_contacts_to_rebuild() -%}
     {#- Pre-hook: the rows this build replaces, all of them when it rebuilds everyone. -#}
     {%- if is_incremental() -%}
-        {%- if nudge_contact_watermark() is none -%}
+        {%- set last = nudge_contact_watermark() -%}
+        {%- if last is none -%}
             delete from {{ this }}
+        {%- elif nudge_shared_rebuild_is_current() -%}
+            delete from {{ this }} where contact_id in (select contact_id from {{ ref('int_contacts_to_rebuild') }})
         {%- else -%}
-            delete from {{ this }} where contact_id in ({{ nudge_contacts_to_rebuild(with_contacts, wakes) }})
+            delete from {{ this }} where contact_id in (
+                {{ nudge_contacts_changed_since(last, nudge_wakes(), ref('int_events_stitched'), ref('stg_contacts')) }}
+            )
         {%- endif -%}
     {%- endif -%}
 {%- endmacro %}
 
 
-{% macro nudge_record_contact_watermark(with_contacts=false) -%}
+{% macro nudge_record_contact_watermark() -%}
     {#- Post-hook: the clock and load times this build saw, for the next build to start from. -#}
     {%- set relation = nudge_contact_watermarks_relation() -%}
     create table if not exists {{ relation }} (
@@ -151,5 +249,74 @@
         '{{ this.identifier }}',
         {{ nudge_as_of() }},
         (select max(loaded_at) from {{ ref('int_events_stitched') }}),
-        {% if with_contacts %}(select max(loaded_at) from {{ ref('stg_contacts') }}){% else %}cast(null as {{ dbt.type_timestamp() }}){% endif %}
+        (select max(loaded_at) from {{ ref('stg_contacts') }})
+{%- endmacro %}
+
+
+{% macro nudge_per_contact_models() -%}
+    {#- The per-contact models of the project: incremental models that read int_events_to_rebuild. -#}
+    {%- set shared = [] -%}
+    {%- for node in graph.nodes.values() if node.resource_type == 'model' and node.name == 'int_events_to_rebuild' -%}
+        {%- do shared.append(node.unique_id) -%}
+    {%- endfor -%}
+    {%- set models = [] -%}
+    {%- for node in graph.nodes.values() -%}
+        {%- if node.resource_type == 'model' and node.config.materialized == 'incremental'
+            and (shared | select('in', node.depends_on.nodes) | list) -%}
+            {%- do models.append(node) -%}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return(models) }}
+{%- endmacro %}
+
+
+{% macro nudge_all_contacts_to_rebuild() -%}
+    {#- int_contacts_to_rebuild's select: the contacts changed since the oldest last build of
+        the per-contact models that will build incrementally, for all their time rules. A
+        model that rebuilds everyone (its first build, a --full-refresh, a clock that moved
+        back) does not read it and does not count. -#}
+    {%- set none_changed -%}
+        select cast(null as {{ dbt.type_string() }}) as contact_id where 1 = 0
+    {%- endset -%}
+    {%- set stitched = ref('int_events_stitched') -%}
+    {%- set contacts = ref('stg_contacts') -%}
+    {%- if not execute or flags.FULL_REFRESH -%}
+        {{ return(none_changed) }}
+    {%- endif -%}
+    {#- every model's rules, each event and duration once (7d and 1w are one rule), and where
+        each model keeps its watermark (beside it, in its own schema) -#}
+    {%- set wakes = {} -%}
+    {%- set watermarks = {} -%}
+    {%- for node in nudge_per_contact_models() -%}
+        {%- set relation = nudge_contact_watermarks_relation(api.Relation.create(database=node.database, schema=node.schema)) -%}
+        {%- do watermarks.setdefault(relation | string, {'relation': relation, 'names': []})['names'].append("'" ~ node.alias ~ "'") -%}
+        {%- for event_name, duration in ((node.config.meta or {}).get('nudge_wakes') or {}).items() -%}
+            {%- set parsed = nudge_parse_duration(duration) -%}
+            {%- do wakes.update({event_name ~ '|' ~ parsed.amount ~ parsed.datepart: [event_name, duration]}) -%}
+        {%- endfor -%}
+    {%- endfor -%}
+    {%- set builds = [] -%}
+    {%- for kept in watermarks.values() if nudge_relation_exists(kept.relation) -%}
+        {%- do builds.append(
+            "select as_of, events_loaded_until, contacts_loaded_until from " ~ kept.relation
+            ~ " where model_name in (" ~ kept.names | join(', ') ~ ")"
+        ) -%}
+    {%- endfor -%}
+    {%- if not builds -%}
+        {{ return(none_changed) }}
+    {%- endif -%}
+    {%- set oldest = run_query(
+        "select cast(min(as_of) as " ~ dbt.type_string() ~ "), cast(min(events_loaded_until) as " ~ dbt.type_string()
+        ~ "), cast(min(contacts_loaded_until) as " ~ dbt.type_string() ~ ") from ("
+        ~ builds | join(' union all ') ~ ") as builds where as_of <= " ~ nudge_as_of()
+    ).rows[0] -%}
+    {%- if oldest[0] is none -%}
+        {{ return(none_changed) }}
+    {%- endif -%}
+    {%- set last = {
+        'as_of': oldest[0],
+        'events_loaded_until': oldest[1] or '1900-01-01 00:00:00',
+        'contacts_loaded_until': oldest[2],
+    } -%}
+    {{ return(nudge_contacts_changed_since(last, wakes.values() | list, stitched, contacts)) }}
 {%- endmacro %}

@@ -5,7 +5,8 @@ file, and real `dbt build` subprocesses with the tick's own arguments and enviro
 arrives a day's file at a time (as hourly ticks would bring it), load 2 at once. The
 warehouse is built at T1 after load 1, incrementally at T2 after load 2, incrementally again
 at an earlier T0 (a replay), back at TR and forward to T0 again (as a backtest goes), on to T3
-three hours later, then with --full-refresh at T2, T0 and T3; a copy of the file is
+three hours later, to T4 without the rebuild scope the per-contact models share (each works out
+its own), then with --full-refresh at T2, T0, T3 and T4; a copy of the file is
 kept after each build and every model of the staging, intermediate, segments and triggers
 folders is compared row for row between the incremental and the full-refresh copies.
 
@@ -50,11 +51,16 @@ TR = datetime(2026, 10, 26, tzinfo=UTC)
 # Three hours after T0, built incrementally straight after it: nothing new is loaded and no planted
 # contact has an event in between, so only the time rules (wakes) can change their answers.
 T3 = T0 + timedelta(hours=3)
+# An hour after T3, built without the rebuild scope (int_contacts_to_rebuild and
+# int_events_to_rebuild, still at T3): each per-contact model works out its own contacts.
+T4 = T3 + timedelta(hours=1)
 
 COMPARED_FOLDERS = ("staging", "intermediate", "segments", "triggers")
 # An append-only record of what each tick saw: by design it differs from one rebuilt in a
 # single run (compared below by the membership it ends at, not row for row).
 HISTORY = "segment_membership_changes"
+# What a build works out for the per-contact models to rebuild: by design empty on a full refresh.
+REBUILD_SCOPE = {"int_contacts_to_rebuild", "int_events_to_rebuild"}
 # How many load-1 identifies are held back to arrive late, in load 2.
 LATE_IDENTIFIES = 4
 NO_DATA_TESTS = ("--exclude-resource-type", "test")
@@ -362,10 +368,12 @@ def runs(tmp_path_factory) -> Iterator[Runs]:
     build("rewound", TR)
     build("replayed_t0", T0)
     build("incremental_t3", T3)
+    build("alone_t4", T4, "--exclude", *REBUILD_SCOPE)
     # The same warehouse rebuilt from stg_events: same raw tables, same path (no second parse).
     build("full_t2", T2, "--full-refresh", *NO_DATA_TESTS)
     build("full_t0", T0, "--full-refresh", *NO_DATA_TESTS)
     build("full_t3", T3, "--full-refresh", *NO_DATA_TESTS)
+    build("full_t4", T4, "--full-refresh", *NO_DATA_TESTS)
     yield Runs(split, models, con, compiled)
     con.close()
 
@@ -419,8 +427,8 @@ def test_the_second_load_links_history_of_the_first(runs):
     newest = {copy: runs.query(f"select max(loaded_at) from {copy}.int_events_stitched")[0][0] for copy in runs.compiled}
     incremental = {copy: "relinked as (" in sql["int_events_stitched"] for copy, sql in runs.compiled.items()}
     assert incremental == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": True,
-                            "rewound": True, "replayed_t0": True, "incremental_t3": True,
-                            "full_t2": False, "full_t0": False, "full_t3": False}
+                            "rewound": True, "replayed_t0": True, "incremental_t3": True, "alone_t4": True,
+                            "full_t2": False, "full_t0": False, "full_t3": False, "full_t4": False}
     # at T2 it read what came after load 1's newest instant, T1
     assert f"loaded_at > cast('{plain(T1)}" in runs.compiled["incremental_t2"]["int_events_stitched"]
     assert newest["incremental_t1"] == plain(T1) and newest["incremental_t2"] == plain(T2)
@@ -430,18 +438,22 @@ def test_the_second_load_links_history_of_the_first(runs):
 def test_per_contact_models_rebuild_only_the_contacts_with_news_when_the_clock_moves_on(runs, model):
     # T2 after T1, and T0 after TR, read only the contacts to rebuild; the first build, a clock
     # moved back (T0 after T2, TR after T0) and the full refreshes read everyone. All agree.
-    scoped = {copy: "contact_id in (" in sql[model] for copy, sql in runs.compiled.items()}
-    assert scoped == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": False,
-                      "rewound": False, "replayed_t0": True, "incremental_t3": True,
-                      "full_t2": False, "full_t0": False, "full_t3": False}
+    # A build of the whole project reads the contacts worked out once for all the models; one
+    # without them (at T4) works out its own.
+    shared = {copy: "_to_rebuild" in sql[model] for copy, sql in runs.compiled.items()}
+    own = {copy: "contact_id in (" in sql[model] and not shared[copy] for copy, sql in runs.compiled.items()}
+    assert shared == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": False,
+                      "rewound": False, "replayed_t0": True, "incremental_t3": True, "alone_t4": False,
+                      "full_t2": False, "full_t0": False, "full_t3": False, "full_t4": False}
+    assert [copy for copy, reads_own in own.items() if reads_own] == ["alone_t4"]
 
 
-@pytest.mark.parametrize("copy", ["incremental_t2", "incremental_t0", "replayed_t0", "incremental_t3"])
+@pytest.mark.parametrize("copy", ["incremental_t2", "incremental_t0", "replayed_t0", "incremental_t3", "alone_t4"])
 def test_incremental_builds_give_the_full_refreshs_rows(runs, copy):
     assert {"stg_events", "int_events_stitched", "int_events", "seg_dormant", "trg_welcome"} <= runs.compared.keys()
     as_of = copy.rpartition("_")[2]
     differences = {}
-    for model in sorted(runs.compared.keys() - {HISTORY}):
+    for model in sorted(runs.compared.keys() - {HISTORY} - REBUILD_SCOPE):
         incremental, full = f'{copy}."{model}"', f'full_{as_of}."{model}"'
         only_incremental = runs.query(f"select * from {incremental} except all select * from {full}")
         only_full = runs.query(f"select * from {full} except all select * from {incremental}")

@@ -1,3 +1,5 @@
+{%- set product_keys = ['product_id', 'name', 'category', 'price', 'quantity'] -%}
+
 with
 
 -- imported history counts everywhere in the catalogue: a product someone viewed or
@@ -39,21 +41,34 @@ product_objects as (
 
 ),
 
+product_fields as (
+
+    -- every key read in one pass over the JSON: this is most of the model's work
+    select
+        event_id,
+        event_name,
+        occurred_at,
+        {{ json_fields('product', product_keys) }} as fields
+
+    from product_objects
+
+),
+
 mentions as (
 
     select
         event_id,
         event_name,
         occurred_at,
-        {{ json_get('product', 'product_id') }} as product_id,
-        {{ json_get('product', 'name') }} as name,
-        {{ json_get('product', 'category') }} as category,
+        {{ json_field('fields', product_keys, 'product_id') }} as product_id,
+        {{ json_field('fields', product_keys, 'name') }} as name,
+        {{ json_field('fields', product_keys, 'category') }} as category,
         -- a price that is not a number is no price, rather than a failed build
-        {{ json_number('product', 'price') }} as price,
+        {{ text_number(json_field('fields', product_keys, 'price')) }} as price,
         -- only purchase lines' quantities add up (units_sold)
-        {{ json_number('product', 'quantity') }} as quantity
+        {{ text_number(json_field('fields', product_keys, 'quantity')) }} as quantity
 
-    from product_objects
+    from product_fields
 
 ),
 

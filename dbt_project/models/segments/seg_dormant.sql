@@ -14,16 +14,16 @@
     materialized='incremental',
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes=" ~ wakes ~ ") }}",
-    post_hook="{{ nudge_record_contact_watermark() }}"
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}",
+    meta={'nudge_wakes': wakes}
 ) }}
 
 with
 
 events as (
 
-    select * from {{ ref('int_events') }}
-    where {{ nudge_contact_in_rebuild('contact_id', wakes=wakes) }}
+    select * from {{ nudge_events_to_rebuild() }}
 
 ),
 

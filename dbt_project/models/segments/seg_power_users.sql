@@ -2,8 +2,9 @@
     materialized='incremental',
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes={'workout_completed': '7d'}) }}",
-    post_hook="{{ nudge_record_contact_watermark() }}"
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}",
+    meta={'nudge_wakes': {'workout_completed': '7d'}}
 ) }}
 
 -- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
@@ -13,8 +14,7 @@ with
 
 events as (
 
-    select * from {{ ref('int_events') }}
-    where {{ nudge_contact_in_rebuild('contact_id', wakes={'workout_completed': '7d'}) }}
+    select * from {{ nudge_events_to_rebuild() }}
 
 ),
 

@@ -2,8 +2,9 @@
     materialized='incremental',
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes={'product_viewed': '2h'}) }}",
-    post_hook="{{ nudge_record_contact_watermark() }}"
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}",
+    meta={'nudge_wakes': {'product_viewed': '2h'}}
 ) }}
 
 -- Per contact (macros/per_contact_incremental.sql): a contact's browses change with their own
@@ -13,8 +14,7 @@ with
 
 events as (
 
-    select * from {{ ref('int_events') }}
-    where {{ nudge_contact_in_rebuild('contact_id', wakes={'product_viewed': '2h'}) }}
+    select * from {{ nudge_events_to_rebuild() }}
 
 ),
 

@@ -4,8 +4,9 @@
     materialized='incremental',
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild(wakes={'email_clicked': '72h'}) }}",
-    post_hook="{{ nudge_record_contact_watermark() }}"
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}",
+    meta={'nudge_wakes': {'email_clicked': '72h'}}
 ) }}
 
 -- Per contact (macros/per_contact_incremental.sql): a contact's qualifications change with their
@@ -15,8 +16,7 @@ with
 
 events as (
 
-    select * from {{ ref('int_events') }}
-    where {{ nudge_contact_in_rebuild('contact_id', wakes={'email_clicked': '72h'}) }}
+    select * from {{ nudge_events_to_rebuild() }}
 
 ),
 

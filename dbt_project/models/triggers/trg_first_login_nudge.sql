@@ -13,8 +13,7 @@ with
 
 events as (
 
-    select * from {{ ref('int_events') }}
-    where {{ nudge_contact_in_rebuild('contact_id') }}
+    select * from {{ nudge_events_to_rebuild() }}
 
 ),
 

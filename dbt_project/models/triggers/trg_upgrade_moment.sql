@@ -2,8 +2,8 @@
     materialized='incremental',
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild(with_contacts=true) }}",
-    post_hook="{{ nudge_record_contact_watermark(with_contacts=true) }}"
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
 ) }}
 
 -- A contact's upgrade moments depend on their own events and plan only, and qualify when
@@ -14,8 +14,7 @@ with
 
 events as (
 
-    select * from {{ ref('int_events') }}
-    where {{ nudge_contact_in_rebuild('contact_id', with_contacts=true) }}
+    select * from {{ nudge_events_to_rebuild() }}
 
 ),
 

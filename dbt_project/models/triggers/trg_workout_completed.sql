@@ -2,8 +2,8 @@
     materialized='incremental',
     incremental_strategy='append',
     on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild(with_contacts=true) }}",
-    post_hook="{{ nudge_record_contact_watermark(with_contacts=true) }}"
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
 ) }}
 
 -- Rebuilt for the contacts whose workout days were (int_workout_days: the same rule, the
@@ -13,8 +13,7 @@ with
 
 workout_days as (
 
-    select * from {{ ref('int_workout_days') }}
-    where {{ nudge_contact_in_rebuild('contact_id', with_contacts=true) }}
+    select * from {{ nudge_rows_to_rebuild(ref('int_workout_days')) }}
 
 ),
 
