@@ -1,11 +1,5 @@
 with
 
-events as (
-
-    select * from {{ ref('int_events') }}
-
-),
-
 dormancy_entries as (
 
     -- one row per inactive stretch: each entry into seg_dormant qualifies once
@@ -13,9 +7,20 @@ dormancy_entries as (
 
 ),
 
+workouts as (
+
+    -- only the live workouts of contacts who went quiet: this is read twice, and DuckDB
+    -- materializes such a CTE whole (all of int_events, when it was imported whole)
+    select * from {{ ref('int_events') }}
+    where event_name = 'workout_completed'
+        and not is_syncing
+        and contact_id in (select contact_id from dormancy_entries)
+
+),
+
 last_workouts as (
 
-    {{ nudge_last_occurrence('workout_completed', where='not is_syncing') }}
+    {{ nudge_last_occurrence('workout_completed', events='workouts') }}
 
 ),
 
@@ -24,14 +29,12 @@ workout_counts as (
     -- what they had done before they went quiet
     select
         dormancy_entries.trigger_key,
-        count(events.event_id) as workouts_completed
+        count(workouts.event_id) as workouts_completed
 
     from dormancy_entries
-    left join events
-        on dormancy_entries.contact_id = events.contact_id
-        and events.event_name = 'workout_completed'
-        and not events.is_syncing
-        and events.occurred_at <= dormancy_entries.qualified_at
+    left join workouts
+        on dormancy_entries.contact_id = workouts.contact_id
+        and workouts.occurred_at <= dormancy_entries.qualified_at
     group by dormancy_entries.trigger_key
 
 ),
