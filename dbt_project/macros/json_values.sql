@@ -15,21 +15,19 @@
 {%- endmacro %}
 
 {% macro duckdb__json_unnest_array(relation, columns, json_column, key) -%}
+    {#- `[*]` gives the array's elements, and an empty list for anything else (an object, a
+        number, a missing key). The text is parsed once: json_each over json_type and
+        json_extract parsed it three times, and was three times slower. -#}
     select
         {%- for column in columns %}
         source_rows.{{ column }},
         {%- endfor %}
-        cast(elements.value as varchar) as element,
-        cast(elements.key as integer) as element_index
-    from {{ relation }} as source_rows
-    -- json_each walks an object's keys too: only an array holds elements
-    cross join json_each(
-        case
-            when json_type(source_rows.{{ json_column }}, '$.{{ key }}') = 'ARRAY'
-                then json_extract(source_rows.{{ json_column }}, '$.{{ key }}')
-            else cast('[]' as json)
-        end
-    ) as elements
+        cast(unnest(source_rows.nudge_elements) as varchar) as element,
+        cast(generate_subscripts(source_rows.nudge_elements, 1) - 1 as integer) as element_index
+    from (
+        select *, json_extract({{ json_column }}, '$.{{ key }}[*]') as nudge_elements
+        from {{ relation }}
+    ) as source_rows
 {%- endmacro %}
 
 {% macro postgres__json_unnest_array(relation, columns, json_column, key) -%}
