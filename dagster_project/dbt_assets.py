@@ -9,23 +9,25 @@ reporting models that read the ledger. Splitting them keeps the graph acyclic
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from contextlib import contextmanager
-from functools import cache, cached_property
-from importlib import metadata
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import duckdb
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
-from packaging import version
+from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
+from dagster_dbt.asset_utils import get_updated_cli_invocation_params_for_context
+from dagster_dbt.core.dbt_cli_event import DbtCoreCliEventMessage
+from dagster_dbt.core.resource import DBT_INDIRECT_SELECTION_ENV
 
 from dagster_project.asset_metadata import plain_value, relation_metadata
 from dagster_project.automations import relation_of
 from dagster_project.builds import model_outcomes, record_builds
 from dagster_project.clock import as_of_for, format_as_of
+from dagster_project.dbt_runner import DbtProjectResource, forget_manifests, run_dbt
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
 
 REPORTING = "path:models/reporting"
@@ -34,21 +36,6 @@ LEDGER_KEY = dg.AssetKey(["nudge", "messages"])
 
 class ManifestMissingError(FileNotFoundError):
     pass
-
-
-class NudgeDbtCli(DbtCliResource):
-    """dagster-dbt's resource without the two things it does before every invocation that
-    Nudge never uses, about 5 s of a tick at any size: it runs `dbt --version` in a
-    subprocess, and it loads a dbt adapter with all the macros in this process, for column
-    and row-count metadata. Nudge reads row counts and previews itself once dbt has let go
-    of the file (`relation_metadata`), and its dbt is the dbt-core installed beside it."""
-
-    @cached_property
-    def _cli_version(self) -> version.Version:
-        return version.parse(metadata.version("dbt-core"))
-
-    def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> None:  # type: ignore[override]
-        return None
 
 
 @cache
@@ -137,33 +124,53 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def _build(
-    context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse, manifest: Mapping[str, Any]
+    context: dg.AssetExecutionContext,
+    dbt: DbtProjectResource,
+    warehouse: Warehouse,
+    manifest: Mapping[str, Any],
+    project: DbtProject,
+    translator: DagsterDbtTranslator,
 ) -> Iterator[Any]:
     as_of = as_of_for(context)
-    # dbt's subprocess is the writer; the lock keeps other processes off the file meanwhile.
+    # What of the selection this run asked for (a backtest or a retry may ask for part of it).
+    selection = get_updated_cli_invocation_params_for_context(
+        context=context, manifest=manifest, dagster_dbt_translator=translator, runtime_selects=[], runtime_excludes=[]
+    )
+    project_dir = Path(selection.dbt_project.project_dir if selection.dbt_project else dbt.project_dir)
+    target_path = project_dir / tick_target_path(warehouse.path)
+    environment = dbt_environment(as_of, warehouse.path, warehouse.memory_limit)
+    if selection.indirect_selection:
+        environment[DBT_INDIRECT_SELECTION_ENV] = selection.indirect_selection
+    # dbt is the writer while it runs; the lock keeps other processes off the file meanwhile.
     with warehouse.lock():
-        with _environment(dbt_environment(as_of, warehouse.path, warehouse.memory_limit)):
+        with _environment(environment):
             # One `build` per selection, so dbt's start-up is paid once; dbt unit tests check
             # the SQL, not the data, so they run in `make test`, not every hour.
-            invocation = dbt.cli(
-                DBT_BUILD_ARGS,
-                context=context,
-                raise_on_error=False,
-                target_path=tick_target_path(warehouse.path),
+            run = run_dbt(
+                [*DBT_BUILD_ARGS, *selection.selection_args],
+                project_dir=project_dir,
+                profiles_dir=dbt.profiles,
+                target_path=target_path,
             )
-            # Held back until dbt has let go of the file, so each model's row count and preview
-            # can be read and shown with its materialization.
-            events = list(invocation.stream())
-        run_results = _run_results(invocation)
+        run_results = _run_results(target_path) if run.results else {}
         outcomes = model_outcomes(run_results, manifest)
+        # Held back until dbt has let go of the file, so each model's row count and preview
+        # can be read and shown with its materialization.
         con = duckdb.connect(warehouse.path)
         try:
             record_builds(con, outcomes, as_of=as_of, now=datetime.now(UTC).replace(tzinfo=None))
-            events = [_with_table_metadata(con, event, manifest) for event in events]
+            events = [
+                _with_table_metadata(con, event, manifest)
+                for result in run.results
+                for event in DbtCoreCliEventMessage(raw_event=result, event_history_metadata={}).to_default_asset_events(
+                    manifest=manifest, dagster_dbt_translator=translator, context=context,
+                    target_path=target_path, project=project,
+                )
+            ]
         finally:
             con.close()
     yield from events
-    if invocation.is_successful():
+    if run.success:
         return
     not_built = _not_built(run_results, outcomes)
     if not_built or not outcomes:
@@ -172,7 +179,7 @@ def _build(
         # and the tick called a success. Failing here says why nothing was sent.
         raise dg.Failure(
             description=f"dbt build failed for as_of {format_as_of(as_of)}; nothing downstream of it runs this tick:\n"
-            + ("\n".join(not_built) if not_built else "see the dbt log above")
+            + ("\n".join(not_built) if not_built else run.error or "see the dbt log above")
         )
     # Only tests failed, on models that built: they show as failed checks, and each send asset's
     # gate stops the automations whose trigger they guard, so one broken automation does not stop
@@ -209,9 +216,9 @@ def _not_built(run_results: Mapping[str, Any], outcomes: Mapping[str, tuple[str,
     return lines
 
 
-def _run_results(invocation: Any) -> dict[str, Any]:
+def _run_results(target_path: Path) -> dict[str, Any]:
     try:
-        return invocation.get_artifact("run_results.json")
+        return json.loads((target_path / "run_results.json").read_text())
     except FileNotFoundError:  # dbt stopped before running anything (a compile error)
         return {}
 
@@ -228,8 +235,8 @@ def build_dbt_assets(project: DbtProject) -> list[dg.AssetsDefinition]:
         name="nudge_models",
         pool=WAREHOUSE_POOL,
     )
-    def nudge_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
-        yield from _build(context, dbt, warehouse, manifest)
+    def nudge_models(context: dg.AssetExecutionContext, dbt: DbtProjectResource, warehouse: Warehouse):
+        yield from _build(context, dbt, warehouse, manifest, project, translator)
 
     @dbt_assets(
         manifest=manifest,
@@ -239,8 +246,8 @@ def build_dbt_assets(project: DbtProject) -> list[dg.AssetsDefinition]:
         name="nudge_reporting",
         pool=WAREHOUSE_POOL,
     )
-    def nudge_reporting(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
-        yield from _build(context, dbt, warehouse, manifest)
+    def nudge_reporting(context: dg.AssetExecutionContext, dbt: DbtProjectResource, warehouse: Warehouse):
+        yield from _build(context, dbt, warehouse, manifest, project, translator)
 
     return [nudge_models, nudge_reporting]
 
@@ -255,4 +262,5 @@ def prepare_manifest(project_dir: Path) -> Path:
     if not result.success:
         raise RuntimeError(f"dbt parse failed in {project_dir}: {result.exception}")
     dbt_project.cache_clear()
+    forget_manifests()
     return project_dir / "target" / "manifest.json"

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-from pathlib import Path
 
 import dagster as dg
 
 
 from dagster_project.automations import find_node, project_automations, relation_of
 from dagster_project.clock import as_of_tags
-from dagster_project.dbt_assets import NudgeDbtCli, NudgeDbtTranslator, build_dbt_assets, dbt_project, load_manifest
+from dagster_project.dbt_assets import NudgeDbtTranslator, build_dbt_assets, dbt_project, load_manifest
+from dagster_project.dbt_runner import DbtProjectResource
 from dagster_project.ingest import INGEST_ASSETS, LandingFiles
 from dagster_project.resources import EmailBackendResource, SendSettings
 from dagster_project.send_assets import SendTarget, build_send_assets
@@ -25,12 +23,6 @@ TICK_JOB = "tick"
 def _secret(env_name: str, value: str) -> str | dg.EnvVar:
     """Read secrets through EnvVar when they come from the environment, so Dagster never shows them."""
     return dg.EnvVar(env_name) if os.environ.get(env_name) == value else value
-
-
-def dbt_executable() -> str:
-    """The dbt installed beside this Python, so an unactivated venv still finds it."""
-    beside = Path(sys.executable).parent / "dbt"
-    return str(beside) if beside.exists() else shutil.which("dbt") or "dbt"
 
 
 def build_tick_schedule(job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
@@ -89,7 +81,7 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
             "warehouse": Warehouse(path=str(settings.warehouse), lock_timeout_seconds=settings.lock_timeout_seconds,
                                    memory_limit=settings.duckdb_memory_limit),
             "landing": LandingFiles(path=str(settings.landing_dir), max_reject_share=settings.max_reject_share),
-            "dbt": NudgeDbtCli(project_dir=project, dbt_executable=dbt_executable()),
+            "dbt": DbtProjectResource(project_dir=str(project.project_dir)),
             "email": EmailBackendResource(
                 url=email_url if email_url.startswith("file://") else _secret("NUDGE_EMAIL_URL", email_url)
             ),

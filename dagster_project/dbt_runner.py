@@ -1,0 +1,127 @@
+"""dbt inside the Dagster process, with its manifest parsed once per process.
+
+A `dbt build` subprocess pays for a Python start, dbt's imports and loading the project
+(reading partial_parse.msgpack and checking every file) before its first model: 3 to 5 s on
+this machine, twice a tick. In the Dagster process dbt's imports are already paid (dagster-dbt
+loads most of dbt), and the parsed manifest is kept for the next build of the same project,
+warehouse and target folder: the second build of a tick, and every tick of a long-lived
+process, start at their first model.
+
+Each result (a model, seed or test finished) is handed on as the dict dbt's JSON log writes
+for it, which dagster-dbt turns into materializations and check results as it does for a
+subprocess. dbt keeps global state (flags, adapters): one invocation at a time per process.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+RESULT_EVENTS = frozenset({"LogSeedResult", "LogModelResult", "LogSnapshotResult", "LogTestResult"})
+
+_lock = threading.Lock()
+_manifests: dict[tuple[str, str, str, str], Any] = {}
+
+
+@dataclass
+class DbtRun:
+    success: bool
+    # one dict per finished node, as dbt's JSON log line (`info` and `data`)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    # what stopped dbt before or while it ran (a compile error), if anything
+    error: str | None = None
+
+
+class DbtProjectResource(dg.ConfigurableResource):
+    """Where the dbt project and its profiles are, for the dbt assets (which run dbt here)."""
+
+    project_dir: str
+    profiles_dir: str | None = None  # the project's own folder when unset
+
+    @property
+    def profiles(self) -> Path:
+        return Path(self.profiles_dir or self.project_dir)
+
+
+def dbt_arguments(command: Sequence[str], project_dir: Path, profiles_dir: Path, target_path: Path) -> list[str]:
+    """The command line dbt is invoked with: the project, its profile and the tick's target folder
+    (partial-parse state and artifacts, one folder per warehouse), logs beside the artifacts."""
+    return [
+        *command,
+        "--project-dir", str(project_dir),
+        "--profiles-dir", str(profiles_dir),
+        "--target-path", str(target_path),
+        "--log-path", str(target_path),
+    ]
+
+
+def _manifest_key(project_dir: Path, profiles_dir: Path, target_path: Path) -> tuple[str, str, str, str]:
+    # The warehouse path is part of the parse: the relations' database is the file's name.
+    return (str(project_dir), str(profiles_dir), str(target_path), os.environ.get("NUDGE_WAREHOUSE", ""))
+
+
+def _parsed_manifest(project_dir: Path, profiles_dir: Path, target_path: Path) -> Any:
+    from dbt.cli.main import dbtRunner
+
+    key = _manifest_key(project_dir, profiles_dir, target_path)
+    manifest = _manifests.get(key)
+    if manifest is None:
+        parsed = dbtRunner().invoke(dbt_arguments(["parse", "--quiet"], project_dir, profiles_dir, target_path))
+        if not parsed.success:
+            return None  # the build itself parses again and reports why
+        manifest = _manifests[key] = parsed.result
+    return manifest
+
+
+def _let_go_of_the_warehouse() -> None:
+    """Close dbt-duckdb's database. It keeps the file open after an invocation (its connection
+    outlives the last handle), and DuckDB refuses a second open of a file in one process with
+    other settings: the send step's, or another process's once this one lets go."""
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:  # another adapter
+        return
+    environment = DuckDBConnectionManager._ENV
+    if environment is not None:
+        environment.close()
+    DuckDBConnectionManager.close_all_connections()
+    # the cursors dbt handed out hold the database too, until they are collected
+    gc.collect()
+
+
+def forget_manifests() -> None:
+    """Parse again on the next build (the project's files changed in this process)."""
+    with _lock:
+        _manifests.clear()
+
+
+def run_dbt(command: Sequence[str], *, project_dir: Path, profiles_dir: Path, target_path: Path) -> DbtRun:
+    """Invoke dbt in this process and collect its node results."""
+    from dbt.cli.main import dbtRunner
+    from dbt_common.events.functions import msg_to_dict
+
+    run = DbtRun(success=False)
+
+    def collect(event: Any) -> None:
+        if event.info.name in RESULT_EVENTS:
+            run.results.append(msg_to_dict(event))
+
+    with _lock:
+        manifest = _parsed_manifest(project_dir, profiles_dir, target_path)
+        try:
+            result = dbtRunner(manifest=manifest, callbacks=[collect]).invoke(
+                dbt_arguments(command, project_dir, profiles_dir, target_path)
+            )
+        finally:
+            _let_go_of_the_warehouse()
+    run.success = bool(result.success)
+    if result.exception is not None:
+        run.error = f"{type(result.exception).__name__}: {result.exception}"
+    return run

@@ -1,0 +1,61 @@
+"""dbt inside the Dagster process (dagster_project/dbt_runner.py): the project is parsed once per
+process, each build hands back its node results, and the warehouse file is let go afterwards.
+
+Real components: the project's dbt, a DuckDB file in a temporary folder, dbtRunner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from dagster_project import dbt_runner
+from dagster_project.dbt_runner import dbt_arguments, run_dbt
+from dagster_project.settings import PROJECT_ROOT
+
+PROJECT = PROJECT_ROOT / "dbt_project"
+
+
+def test_dbt_arguments_name_the_project_profiles_and_the_ticks_target_folder():
+    assert dbt_arguments(["build", "--select", "fqn:*"], Path("/p"), Path("/q"), Path("/p/target/tick_1")) == [
+        "build", "--select", "fqn:*",
+        "--project-dir", "/p", "--profiles-dir", "/q",
+        "--target-path", "/p/target/tick_1", "--log-path", "/p/target/tick_1",
+    ]
+
+
+@pytest.fixture
+def warehouse(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "warehouse.duckdb"
+    monkeypatch.setenv("NUDGE_WAREHOUSE", str(path))
+    monkeypatch.setenv("NUDGE_AS_OF", "2026-11-01T00:00:00+00:00")
+    dbt_runner.forget_manifests()
+    return path
+
+
+def test_two_builds_parse_the_project_once_and_let_go_of_the_file(warehouse, tmp_path):
+    target = tmp_path / "target"
+    # cautious: not the tests that also read models this build does not make
+    builds = [run_dbt(["build", "--select", "iana_timezones", "--indirect-selection", "cautious"], project_dir=PROJECT, profiles_dir=PROJECT,
+                      target_path=target) for _ in range(2)]
+
+    assert [build.success for build in builds] == [True, True]
+    # each build reports its own results: the seed and its test, as dbt's JSON log lines
+    for build in builds:
+        finished = {(result["info"]["name"], result["data"]["node_info"]["unique_id"]) for result in build.results}
+        assert ("LogSeedResult", "seed.nudge.iana_timezones") in finished
+        assert any(name == "LogTestResult" and "iana_timezones" in unique_id for name, unique_id in finished)
+    assert len([key for key in dbt_runner._manifests if key[2] == str(target)]) == 1
+    # the file is free for a connection with other settings (the send step's) in this process
+    with duckdb.connect(str(warehouse), config={"memory_limit": "64MB"}) as con:
+        assert con.sql("select count(*) > 400 from seeds.iana_timezones").fetchall() == [(True,)]
+
+
+def test_a_build_that_fails_says_so(warehouse, tmp_path):
+    run = run_dbt(["build", "--select", "iana_timezones", "--vars", "{not yaml"], project_dir=PROJECT,
+                  profiles_dir=PROJECT, target_path=tmp_path / "target")
+    assert not run.success
+    assert run.results == []
+    assert run.error
