@@ -52,13 +52,15 @@ class DbtProjectResource(dg.ConfigurableResource):
 
 def dbt_arguments(command: Sequence[str], project_dir: Path, profiles_dir: Path, target_path: Path) -> list[str]:
     """The command line dbt is invoked with: the project, its profile and the tick's target folder
-    (partial-parse state and artifacts, one folder per warehouse), logs beside the artifacts."""
+    (partial-parse state and artifacts, one folder per warehouse), and its log beside the
+    artifacts as JSON lines (each query and node with its timing, as dagster-dbt kept it)."""
     return [
         *command,
         "--project-dir", str(project_dir),
         "--profiles-dir", str(profiles_dir),
         "--target-path", str(target_path),
         "--log-path", str(target_path),
+        "--log-format-file", "json",
     ]
 
 

@@ -22,7 +22,7 @@ def test_dbt_arguments_name_the_project_profiles_and_the_ticks_target_folder():
     assert dbt_arguments(["build", "--select", "fqn:*"], Path("/p"), Path("/q"), Path("/p/target/tick_1")) == [
         "build", "--select", "fqn:*",
         "--project-dir", "/p", "--profiles-dir", "/q",
-        "--target-path", "/p/target/tick_1", "--log-path", "/p/target/tick_1",
+        "--target-path", "/p/target/tick_1", "--log-path", "/p/target/tick_1", "--log-format-file", "json",
     ]
 
 

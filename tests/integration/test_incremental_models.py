@@ -97,6 +97,7 @@ WAKING = {
     "seg_recent_buyers": ("c_inctest_buyer", False),  # 30 days after the purchase
     "seg_power_users": ("c_inctest_athlete", False),  # 7 days after the first of three workouts
     "seg_free_plan_engaged": ("c_inctest_free", False),  # 14 days after the first of two workouts
+    "trg_cart_abandoned": ("c_inctest_carter", True),  # an hour after the last add
 }
 WAKING_EVENTS = [
     _event("e_inctest_view_1", "c_inctest_browser", "product_viewed", WAKE - timedelta(hours=2, minutes=30),
@@ -111,6 +112,8 @@ WAKING_EVENTS = [
              WAKE - timedelta(days=7) + timedelta(minutes=10 * i), workout_type="run") for i in range(3)),
     *(_event(f"e_inctest_free_workout_{i}", "c_inctest_free", "workout_completed",
              WAKE - timedelta(days=14) + timedelta(minutes=10 * i), workout_type="run") for i in range(2)),
+    _event("e_inctest_add", "c_inctest_carter", "added_to_cart", WAKE - timedelta(hours=1), product_id="p_inctest",
+           category="equipment", price=9.5, quantity=1),
 ]
 FREE_CONTACT = {
     "contact_id": "c_inctest_free", "email": "free@example.com", "status": "subscribed", "first_name": "Free",
@@ -320,9 +323,9 @@ def keep(con: duckdb.DuckDBPyConnection, warehouse: Path, copy: str, models: dic
 
 
 PER_CONTACT_MODELS = (
-    "int_carts", "int_workout_days", "seg_dormant", "seg_power_users", "seg_free_plan_engaged", "seg_recent_buyers",
-    "trg_upgrade_moment", "trg_workout_completed", "trg_browse_abandoned", "trg_clicked_no_purchase",
-    "trg_first_login_nudge",
+    "int_carts", "int_workout_days", "int_first_signups", "seg_dormant", "seg_power_users", "seg_free_plan_engaged",
+    "seg_recent_buyers", "trg_upgrade_moment", "trg_workout_completed", "trg_browse_abandoned",
+    "trg_clicked_no_purchase", "trg_first_login_nudge", "trg_cart_abandoned", "trg_welcome",
 )
 INCREMENTAL_MODELS = ("int_events_stitched", *PER_CONTACT_MODELS)
 

@@ -1,10 +1,27 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
+) }}
+
+-- A contact's first signup is theirs alone: each tick rebuilds the contacts with something new
+-- (macros/per_contact_incremental.sql).
+
 with
+
+events as (
+
+    select * from {{ nudge_events_to_rebuild() }}
+
+),
 
 first_signups as (
 
     -- syncing history counts here: a contact whose first signup is history has already been
     -- welcomed elsewhere, whatever they do later
-    {{ nudge_first_occurrence('signed_up') }}
+    {{ nudge_first_occurrence('signed_up', events='events') }}
 
 ),
 

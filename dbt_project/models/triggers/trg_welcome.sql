@@ -1,8 +1,18 @@
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+    post_hook="{{ nudge_record_contact_watermark() }}"
+) }}
+
+-- Per contact (macros/per_contact_incremental.sql), as int_first_signups is.
+
 with
 
 first_signups as (
 
-    select * from {{ ref('int_first_signups') }}
+    select * from {{ nudge_rows_to_rebuild(ref('int_first_signups')) }}
 
 ),
 
