@@ -1,91 +1,11 @@
-{%- set product_keys = ['product_id', 'name', 'category', 'price', 'quantity'] -%}
+-- One row per product: the catalogue, added up from each contact's mentions
+-- (int_product_mentions), which only the contacts with something new rebuild.
 
 with
 
--- imported history counts everywhere in the catalogue: a product someone viewed or
--- bought before the sync is still a product, and its popularity is real. Each import
--- reads int_events for its own event names: DuckDB materializes a CTE that is read twice.
-
-purchases as (
-
-    select event_id, event_name, occurred_at, properties
-    from {{ ref('int_events') }}
-    where event_name = 'purchased'
-
-),
-
-views_and_adds as (
-
-    select event_id, event_name, occurred_at, properties
-    from {{ ref('int_events') }}
-    where event_name in ('product_viewed', 'added_to_cart')
-
-),
-
-order_lines as (
-
-    {{ json_unnest_array('purchases', ['event_id', 'event_name', 'occurred_at'], 'properties', 'products') }}
-
-),
-
-product_objects as (
-
-    -- a view or an add names one product in its properties; a purchase one per order line
-    select event_id, event_name, occurred_at, properties as product
-    from views_and_adds
-
-    union all
-
-    select event_id, event_name, occurred_at, element as product
-    from order_lines
-
-),
-
-product_fields as (
-
-    -- every key read in one pass over the JSON: this is most of the model's work
-    select
-        event_id,
-        event_name,
-        occurred_at,
-        {{ json_fields('product', product_keys) }} as fields
-
-    from product_objects
-
-),
-
 mentions as (
 
-    select
-        event_id,
-        event_name,
-        occurred_at,
-        {{ json_field('fields', product_keys, 'product_id') }} as product_id,
-        {{ json_field('fields', product_keys, 'name') }} as name,
-        {{ json_field('fields', product_keys, 'category') }} as category,
-        -- a price that is not a number is no price, rather than a failed build
-        {{ text_number(json_field('fields', product_keys, 'price')) }} as price,
-        -- only purchase lines' quantities add up (units_sold)
-        {{ text_number(json_field('fields', product_keys, 'quantity')) }} as quantity
-
-    from product_fields
-
-),
-
-typed as (
-
-    select
-        event_id,
-        event_name,
-        occurred_at,
-        product_id,
-        nullif(trim(name), '') as name,
-        nullif(trim(category), '') as category,
-        price,
-        coalesce(quantity, 1) as quantity
-
-    from mentions
-    where nullif(trim(product_id), '') is not null
+    select * from {{ ref('int_product_mentions') }}
 
 ),
 
@@ -93,20 +13,19 @@ final as (
 
     select
         product_id,
-        -- each attribute comes from the latest event that carried it: a purchase line
-        -- without a category must not blank the category a view gave
-        {{ nudge_latest_value('name', 'occurred_at', 'event_id') }} as name,
-        {{ nudge_latest_value('category', 'occurred_at', 'event_id') }} as category,
-        {{ nudge_latest_value('price', 'occurred_at', 'event_id') }} as price,
-        -- a sum of integers is a 128-bit integer in DuckDB: the contract says bigint
-        cast(sum(case when event_name = 'product_viewed' then 1 else 0 end) as {{ dbt.type_bigint() }}) as view_count,
-        cast(sum(case when event_name = 'added_to_cart' then 1 else 0 end) as {{ dbt.type_bigint() }}) as add_count,
-        count(distinct case when event_name = 'purchased' then event_id end) as order_count,
-        sum(case when event_name = 'purchased' then quantity else 0 end) as units_sold,
-        min(occurred_at) as first_seen_at,
-        max(occurred_at) as last_seen_at
+        -- the latest of each contact's latest: the same (time, event) order across everyone
+        {%- for attribute in ['name', 'category', 'price'] %}
+        {{ nudge_latest_value(attribute, attribute ~ '_at', attribute ~ '_event_id') }} as {{ attribute }},
+        {%- endfor %}
+        cast(sum(view_count) as {{ dbt.type_bigint() }}) as view_count,
+        cast(sum(add_count) as {{ dbt.type_bigint() }}) as add_count,
+        -- an order belongs to one contact: their distinct orders add up
+        cast(sum(order_count) as {{ dbt.type_bigint() }}) as order_count,
+        sum(units_sold) as units_sold,
+        min(first_seen_at) as first_seen_at,
+        max(last_seen_at) as last_seen_at
 
-    from typed
+    from mentions
     group by product_id
 
 )
