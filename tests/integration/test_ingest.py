@@ -301,6 +301,90 @@ def test_the_first_row_of_an_id_wins_across_files_and_inserts(tmp_path, con, sma
     assert per_file == [(1, 0), (1, 0)]
 
 
+# Rows the parse must repair (a value to strip, a timestamp spelled another way, a numeric id, a "yes")
+# mixed with rows that need nothing: each loads as the clean row it stands for, and the first row of an id
+# wins whichever kind it is (a faster path for clean rows must keep both).
+CLEAN = {"event_id": "e_1", "contact_id": "c_1", "name": "viewed", "occurred_at": "2026-10-31T10:00:00+01:00",
+         "properties": {"sku": "A"}, "is_syncing": True}
+RESPELLED = [
+    {**CLEAN, "event_id": " e_2\t"},
+    {**CLEAN, "event_id": "e_3", "name": "viewed\u00a0"},
+    {**CLEAN, "event_id": "e_4", "occurred_at": "2026-10-31 10:00+01:00"},
+    {**CLEAN, "event_id": "e_5", "contact_id": 7},
+    {**CLEAN, "event_id": "e_6", "is_syncing": "yes"},
+    {**CLEAN, "event_id": "e_7", "contact_id": "", "anonymous_id": "a_1"},
+    {**CLEAN, "event_id": "e_8", "occurred_at": "2026-10-31T09:00:00.1234567Z"},
+]
+
+
+def _as_parquet(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ("event_id", "contact_id", "anonymous_id", "name", "occurred_at", "properties", "is_syncing")
+    pl.DataFrame(
+        {
+            name: [
+                None if r.get(name) is None
+                else orjson.dumps(r[name], option=orjson.OPT_INDENT_2).decode() if name == "properties"
+                else str(r[name]).lower() if name == "is_syncing"
+                else str(r[name])
+                for r in records
+            ]
+            for name in columns
+        },
+        schema={name: pl.String for name in columns},
+    ).write_parquet(path)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_rows_the_parse_repairs_load_like_clean_ones_and_keep_their_order(tmp_path, con, fmt, small_units):
+    landing = tmp_path / "landing"
+    # e_1 appears first as a row the parse repairs, then as a clean row in the same file and the next one
+    records = [{**CLEAN, "name": " first "}, *RESPELLED, CLEAN, {**CLEAN, "event_id": "e_9"}]
+    later = [{**CLEAN, "name": "third"}, {**CLEAN, "event_id": "e_10", "name": " padded"}]
+    if fmt == "jsonl":
+        write_jsonl(landing / "events" / "a.jsonl", records)
+        write_jsonl(landing / "events" / "b.jsonl", later)
+    else:
+        _as_parquet(landing / "events" / "a.parquet", records)
+        _as_parquet(landing / "events" / "b.parquet", later)
+    report = ingest_events(con, landing)
+    assert (report.rows_read, report.rows_loaded, report.rows_duplicate, report.rows_rejected) == (12, 10, 2, 0)
+    rows = con.execute(
+        "select event_id, contact_id, anonymous_id, name, occurred_at, properties, is_syncing, source_line "
+        "from raw.events order by source_file, source_line"
+    ).fetchall()
+    at, props = datetime(2026, 10, 31, 9, 0), '{"sku":"A"}'
+    assert rows == [
+        ("e_1", "c_1", None, "first", at, props, True, 1),
+        ("e_2", "c_1", None, "viewed", at, props, True, 2),
+        ("e_3", "c_1", None, "viewed", at, props, True, 3),
+        ("e_4", "c_1", None, "viewed", at, props, True, 4),
+        ("e_5", "7", None, "viewed", at, props, True, 5),
+        ("e_6", "c_1", None, "viewed", at, props, True, 6),
+        ("e_7", None, "a_1", "viewed", at, props, True, 7),
+        ("e_8", "c_1", None, "viewed", datetime(2026, 10, 31, 9, 0, 0, 123456), props, True, 8),
+        ("e_9", "c_1", None, "viewed", at, props, True, 10),
+        ("e_10", "c_1", None, "padded", at, props, True, 2),
+    ]
+    per_file = con.execute("select rows_loaded, rows_rejected from raw.loaded_files order by path").fetchall()
+    assert per_file == [(9, 0), (1, 0)]
+
+
+def test_a_bad_row_among_good_ones_is_rejected_with_its_line(tmp_path, con):
+    landing = tmp_path / "landing"
+    records = [CLEAN, {**CLEAN, "event_id": "e_2", "occurred_at": "2026-10-31T10:00:00"}, "{not json",
+               {**CLEAN, "event_id": "e_3", "properties": [1]}, {**CLEAN, "event_id": "e_4"}]
+    write_jsonl(landing / "events" / "a.jsonl", records)
+    report = ingest_events(con, landing)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (5, 2, 3)
+    assert [line for (line,) in con.execute("select source_line from raw.events order by 1").fetchall()] == [1, 5]
+    rejected = con.execute("select line, reason from raw.rejected_rows order by line").fetchall()
+    assert [line for line, _ in rejected] == [2, 3, 4]
+    assert "has no UTC offset" in rejected[0][1]
+    assert rejected[1][1].startswith("line is not valid JSON")
+    assert rejected[2][1].startswith("properties must be a JSON object")
+
+
 def test_an_error_while_checking_fails_the_load_and_commits_nothing(landing, con, monkeypatch):
     checked = 0
     check_chunk = ingest_module._check_chunk
