@@ -1,7 +1,7 @@
 """One tick in a child process, timed end to end, with the peak memory of its process tree.
 
-The child runs the same job `nudge run` runs (build_defs + run_tick); dbt runs as its
-subprocess, so memory is sampled over the whole tree, not read from the parent alone.
+The child runs the same job `nudge run` runs (build_defs + run_tick); dbt runs inside it, and
+memory is sampled over the whole process tree, so anything a step starts is counted too.
 """
 
 from __future__ import annotations

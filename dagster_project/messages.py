@@ -47,6 +47,7 @@ def message_id(automation: str, trigger_key: str, domain: str) -> str:
     return f"<{digest}@{_normalize_domain(domain)}>"
 
 
+@lru_cache(maxsize=64)
 def _normalize_domain(domain: str) -> str:
     cleaned = one_line(domain).strip(".").lower()
     try:
@@ -236,24 +237,26 @@ def _folded(headers: list[tuple[str, BaseHeader | str]]) -> str:
 def _fold(name: str, header: BaseHeader | str) -> str:
     if not isinstance(header, BaseHeader):  # (a header object is a str too)
         return f"{name}: {header}\r\n"  # what the policy writes for a stored value that fits a line
-    folded = _FOLDED.get((header.name, str(header)))
+    folded = getattr(header, _FOLDED, None)
     return folded if folded is not None else header.fold(policy=policy.SMTP)
 
 
-# Fixed header objects, folded once, by name and value (a header object is a str: equal to any
-# header of another name with the same value).
-_FOLDED: dict[tuple[str, str], str] = {}
+# Fixed header objects carry their folded line, made once (on the object itself: a header object
+# is a str, equal to any header of another name with the same value).
+_FOLDED = "_nudge_folded"
 
 
 def _fixed(header: BaseHeader) -> BaseHeader:
-    key = (header.name, str(header))
-    if key not in _FOLDED:
-        _FOLDED[key] = header.fold(policy=policy.SMTP)
+    if getattr(header, _FOLDED, None) is None:
+        setattr(header, _FOLDED, header.fold(policy=policy.SMTP))
     return header
 
 
 def _crlf(payload: str) -> str:
     """Line breaks as Generator._write_lines writes them."""
+    if "\r" not in payload:
+        # Every break a "\n" (the payloads made here): the same as splitting at each and joining.
+        return payload.replace("\n", "\r\n")
     lines = _NEWLINES.split(payload)
     return "".join(line + "\r\n" for line in lines[:-1]) + lines[-1]
 
@@ -276,16 +279,23 @@ def _encode_body(content: str) -> tuple[str, str]:
     shorter), encoded by binascii's C code rather than quoprimime's Python."""
     lines = content.encode("utf-8").splitlines()
     body = b"\n".join(lines) + b"\n"
-    if max((len(line) for line in lines), default=0) <= policy.SMTP.max_line_length:
+    if max(map(len, lines), default=0) <= policy.SMTP.max_line_length:
         try:
             return "7bit", body.decode("ascii")
         except UnicodeDecodeError:
             return "8bit", body.decode("ascii", "surrogateescape")
     quoted = binascii.b2a_qp(body, istext=True)
-    encoded = base64.encodebytes(body)
-    if len(quoted) > len(encoded):
-        return "base64", encoded.decode("ascii")
+    # base64 is only written when it is the shorter: its length is known without encoding.
+    if len(quoted) > _base64_length(len(body)):
+        return "base64", base64.encodebytes(body).decode("ascii")
     return "quoted-printable", quoted.decode("ascii")
+
+
+def _base64_length(size: int) -> int:
+    """len(base64.encodebytes(data)) for `size` bytes of data: lines of 57 bytes, 76 characters
+    and a newline each, the last one shorter."""
+    rest = size % 57
+    return size // 57 * 77 + (4 * ((rest + 2) // 3) + 1 if rest else 0)
 
 
 @lru_cache(maxsize=16)
@@ -336,10 +346,37 @@ def _verify_header_block(serialized: bytes, expected: list[str]) -> None:
     """Parse the serialized header block back and insist on exactly the headers that were set, once each."""
     # The header block alone: the parser stops at its first empty line anyway.
     end = serialized.find(b"\r\n\r\n")
-    parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(serialized if end < 0 else serialized[: end + 4])
-    found = sorted(name.lower() for name in parsed.keys())
+    block = serialized if end < 0 else serialized[: end + 4]
     wanted = sorted(name.lower() for name in expected)
+    read = _read_plain_header_block(block)
+    if read is None:
+        parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+        found = sorted(name.lower() for name in parsed.keys())
+        recipients = parsed.get_all("To", [])
+    else:
+        found, recipients = read
     if found != wanted:
         raise ValueError(f"refusing a message whose headers changed on serialization: {found} != {wanted}")
-    if len(getaddresses(parsed.get_all("To", []))) != 1:
+    if len(recipients) == 1 and isinstance(recipients[0], str) and _PLAIN_ADDRESS.fullmatch(recipients[0].strip()):
+        return  # one plain address, what getaddresses reads in it
+    if len(getaddresses(recipients)) != 1:
         raise ValueError("refusing a message that is not addressed to exactly one recipient")
+
+
+# A header block the compat32 parser reads line by line exactly as written: every line ended by a
+# CRLF (no other CR or LF anywhere), each either `Name:` (printable ASCII other than ":") and a
+# value, or the continuation (a space or tab first) of the line before; then the empty line.
+_PLAIN_HEADER_BLOCK = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+(?:\r\n)?")
+_HEADER_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+):", re.MULTILINE)
+# A To header's value with its continuation lines, as compat32 keeps it (CRLFs inside, leading blanks dropped).
+_TO_VALUE = re.compile(rb"^to:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.MULTILINE | re.IGNORECASE)
+
+
+def _read_plain_header_block(block: bytes) -> tuple[list[str], list[str]] | None:
+    """(sorted lowercase header names, the To values) of a header block the compat32 parser would
+    read exactly so (see _PLAIN_HEADER_BLOCK); None for anything else, which goes to that parser itself."""
+    if not block.isascii() or _PLAIN_HEADER_BLOCK.fullmatch(block) is None:
+        return None
+    names = sorted(name.decode("ascii").lower() for name in _HEADER_NAME.findall(block))
+    recipients = [value.decode("ascii") for value in _TO_VALUE.findall(block)]
+    return names, recipients

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import parseaddr
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,12 @@ class SendConfig:
     unsubscribe_mailto: str
     unsubscribe_secret: str = field(repr=False)
     batch_size: int = 100
+    # Rows per batch for a backend on this machine that dedupes by Message-ID (file://, null://): a
+    # crash there leaves nothing `unknown`, only claims the next tick writes again under the same
+    # Message-ID, and no server's pace or limits are outrun by a long batch. So its batches are
+    # larger, and the ledger's statements (a few ms each, 30 to 40 ms on a big ledger, whatever
+    # their size) are paid once per this many messages.
+    local_batch_size: int = 1000
     # The journal `nudge serve` appends unsubscribes to; None where no endpoint runs (then
     # nudge.unsubscribes alone says who left).
     unsubscribe_journal: Path | None = None
@@ -354,6 +361,14 @@ def _batches(con: duckdb.DuckDBPyConnection, sql: str, size: int) -> Iterator[tu
         yield [Candidate(**row) for row in rows], total
 
 
+def _batch_size(config: SendConfig, backend: EmailBackend) -> int:
+    """Claims per ledger write: NUDGE_SEND_BATCH_SIZE is the most one crash can leave `unknown`,
+    which matters only where a claim left open is never handed over again."""
+    if backend.dedupes and backend.local:
+        return max(config.batch_size, config.local_batch_size)
+    return config.batch_size
+
+
 def _unsubscribe(candidate: Candidate, automation: Automation, config: SendConfig) -> UnsubscribeLinks | None:
     """Marketing mail carries a signed one-click unsubscribe; transactional mail none."""
     if not automation.is_marketing:
@@ -384,9 +399,14 @@ def _variables(
         "automation": automation.name,
         "unsubscribe_url": unsubscribe_url,
         "postal_address": config.postal_address,
-        "sender_name": parseaddr(sender)[0] or sender,
+        "sender_name": _sender_name(sender),
         "as_of": as_of,
     }
+
+
+@lru_cache(maxsize=64)
+def _sender_name(sender: str) -> str:
+    return parseaddr(sender)[0] or sender
 
 
 def _message(
@@ -513,10 +533,24 @@ def send_automation(
             _Handover(backend) as handover,
             _Undelivered(con, as_of, clock) as undelivered,
         ):
-            for candidates, total in _batches(reader, to_decide, config.batch_size):
-                _send_batch(con, candidates, automation, template, handover, config, as_of, policy, state, guard,
-                            report, clock, undelivered)
-                progress.update(report, total)
+            batches = _batches(reader, to_decide, _batch_size(config, backend))
+
+            def decide_next() -> _Decisions | None:
+                following = next(batches, None)
+                if following is None:
+                    return None
+                return _Decisions(following[0], following[1], automation, template, config, as_of, policy, state,
+                                  guard, clock)
+
+            upcoming = decide_next()
+            while upcoming is not None:
+                decisions = upcoming.finish()
+                # The next batch is decided while this one is handed over (render and compose wait for
+                # no answer); it is claimed only once this one is marked, so a crash leaves one batch open.
+                upcoming = decide_next()
+                _send_batch(con, decisions, automation, handover, as_of, guard, report, clock, undelivered,
+                            idle=upcoming.step if upcoming is not None else None)
+                progress.update(report, decisions.total)
         progress.finish(report)
     finally:
         reader.close()
@@ -583,57 +617,113 @@ class _Progress:
                      f"in {self.elapsed():.1f} s, {report.sent / max(self.elapsed(), 1e-9):,.0f} msg/s")
 
 
+class _Decisions:
+    """One batch's verdicts, and its messages rendered and composed, worked out a candidate at a
+    time (`step`) so that the work can fill the waits of the batch before it; nothing here touches
+    the ledger or the report."""
+
+    def __init__(
+        self,
+        candidates: list[Candidate],
+        total: int,
+        automation: Automation,
+        template: EmailTemplate,
+        config: SendConfig,
+        as_of: datetime,
+        policy: Policy,
+        state: TickState,
+        guard: UnsubscribeGuard,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.candidates, self.total = candidates, total
+        self.automation, self.template, self.config, self.as_of = automation, template, config, as_of
+        self.policy, self.state, self.guard = policy, state, guard
+        self.decided: list[Entry] = []
+        self.to_deliver: list[tuple[Candidate, EmailMessage]] = []
+        self.skipped: Counter[str] = Counter()
+        self.held_out = self.held = 0
+        # No claim of this batch has a ledger row yet (no retry, no held message): claimed by a plain insert.
+        self.claims_are_new = True
+        self.now = clock()
+        # Unsubscribes that reached the journal after the candidates query began.
+        guard.refresh()
+        self._next = 0
+        self._error: BaseException | None = None
+
+    def step(self) -> bool:
+        """Decide one more candidate; False when there is none left (or deciding failed: finish raises)."""
+        if self._next >= len(self.candidates) or self._error is not None:
+            return False
+        candidate = self.candidates[self._next]
+        self._next += 1
+        try:
+            self._decide(candidate)
+        except BaseException as error:  # raised by finish(), after the batch being handed over is marked
+            self._error = error
+            return False
+        return True
+
+    def finish(self) -> "_Decisions":
+        while self.step():
+            pass
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _decide(self, candidate: Candidate) -> None:
+        automation = self.automation
+        unsubscribed_at = self.guard.unsubscribed_at(candidate.contact_id)
+        if unsubscribed_at is not None and candidate.unsubscribed_at is None:
+            candidate = dataclasses.replace(candidate, unsubscribed_at=unsubscribed_at)
+        verdict = decide(candidate, automation, as_of=self.as_of, policy=self.policy, state=self.state)
+        subject = None
+        if verdict.status == Status.PENDING:
+            if candidate.ledger_status is not None:
+                self.claims_are_new = False
+            try:
+                message = _message(candidate, automation, self.template, self.config, self.as_of, self.now)
+                subject = stored_header(message, "Subject")
+                self.to_deliver.append((candidate, message))
+            except (RenderError, ValueError) as error:
+                verdict = Verdict(Status.SKIPPED, Reason.TEMPLATE_ERROR, str(error))
+        self.decided.append(_entry(candidate, automation, self.config, verdict, subject))
+        if verdict.status == Status.SKIPPED:
+            self.skipped[verdict.reason or "unspecified"] += 1
+        elif verdict.status == Status.HELD_OUT:
+            self.held_out += 1
+        elif verdict.status == Status.HELD:
+            self.held += 1
+
+
 def _send_batch(
     con: duckdb.DuckDBPyConnection,
-    candidates: list[Candidate],
+    decisions: _Decisions,
     automation: Automation,
-    template: EmailTemplate,
     handover: "_Handover",
-    config: SendConfig,
     as_of: datetime,
-    policy: Policy,
-    state: TickState,
     guard: UnsubscribeGuard,
     report: SendReport,
     clock: Callable[[], datetime],
     undelivered: "_Undelivered",
+    idle: Callable[[], bool] | None = None,
 ) -> None:
-    """Decide, claim, hand over and mark one batch of candidates."""
-    report.due += len(candidates)
-    decided: list[Entry] = []
-    to_deliver: list[tuple[Candidate, EmailMessage]] = []
-    now = clock()
-    # Unsubscribes that reached the journal after the candidates query began.
-    guard.refresh()
-    for candidate in candidates:
-        unsubscribed_at = guard.unsubscribed_at(candidate.contact_id)
-        if unsubscribed_at is not None and candidate.unsubscribed_at is None:
-            candidate = dataclasses.replace(candidate, unsubscribed_at=unsubscribed_at)
-        verdict = decide(candidate, automation, as_of=as_of, policy=policy, state=state)
-        subject = None
-        if verdict.status == Status.PENDING:
-            try:
-                message = _message(candidate, automation, template, config, as_of, now)
-                subject = stored_header(message, "Subject")
-                to_deliver.append((candidate, message))
-            except (RenderError, ValueError) as error:
-                verdict = Verdict(Status.SKIPPED, Reason.TEMPLATE_ERROR, str(error))
-        decided.append(_entry(candidate, automation, config, verdict, subject))
-        if verdict.status == Status.SKIPPED:
-            report.skipped[verdict.reason or "unspecified"] += 1
-        elif verdict.status == Status.HELD_OUT:
-            report.held_out += 1
-        elif verdict.status == Status.HELD:
-            report.held += 1
+    """Claim, hand over and mark one batch of decided candidates; `idle` is called for other work
+    while every sending thread is busy, until it returns False."""
+    report.due += len(decisions.candidates)
+    report.skipped.update(decisions.skipped)
+    report.held_out += decisions.held_out
+    report.held += decisions.held
+    decided = decisions.decided
 
     # Claim before handing over (one statement, so atomic): a crash from here on
     # leaves visible `pending` rows. The other decisions wait for a larger statement.
-    record(con, [entry for entry in decided if entry.status == Status.PENDING], as_of=as_of, now=now)
+    record(con, [entry for entry in decided if entry.status == Status.PENDING], as_of=as_of, now=decisions.now,
+           new=decisions.claims_are_new)
     undelivered.add(entry for entry in decided if entry.status != Status.PENDING)
 
     withdrawn: list[Outcome] = []
     try:
-        outcomes = _deliver(handover, automation, to_deliver, report, guard, withdrawn)
+        outcomes = _deliver(handover, automation, decisions.to_deliver, report, guard, withdrawn, idle)
     except _Unavailable as stop:
         withdraw(con, withdrawn, now=clock())
         mark(con, stop.outcomes, as_of=as_of, now=clock())
@@ -649,20 +739,25 @@ def _deliver(
     report: SendReport,
     guard: UnsubscribeGuard,
     withdrawn: list[Outcome],
+    idle: Callable[[], bool] | None = None,
 ) -> list[Outcome]:
     results: dict[int, Delivery | BackendUnavailable] = {}
     never_handed_over: list[int] = []
-    with handover.batch(results) as hand_over:
+    with handover.batch(results, idle) as hand_over:
         for index, (candidate, message) in enumerate(to_deliver):
+            if not hand_over.stopped():
+                hand_over.ready()
             if hand_over.stopped():
                 # The backend went away: nothing after it is handed over.
+                hand_over.unready()
                 never_handed_over.append(index)
                 continue
             # The last look before the message leaves: an unsubscribe that landed since this
             # batch was decided stops it (claimed, never handed over: skipped, not an attempt).
-            # hand_over() sends at once, on a connection that is free now, so nothing waits between.
+            # A thread is free now and hand_over() starts the send on it, so nothing waits between.
             unsubscribed_at = guard.unsubscribed_now(candidate.contact_id)
             if unsubscribed_at is not None:
+                hand_over.unready()
                 withdrawn.append(Outcome(
                     automation.name, candidate.trigger_key, Status.SKIPPED, Reason.UNSUBSCRIBED,
                     f"unsubscribed from marketing mail at {unsubscribed_at:%Y-%m-%d %H:%M:%S} UTC, "
@@ -712,14 +807,17 @@ def _deliver(
 class _Handover:
     """Hands messages to the backend: on this thread, or on `backend.concurrency` threads at once,
     each with its own connection (SMTP keeps one per thread in its pool; the rate limit is shared).
+    While every such thread waits for its server, this one decides the next batch.
 
-    A message is handed to a thread only when one is free, so it leaves as soon as it is handed:
-    the unsubscribe guard's last look stays right before it goes. The batch ends when every
+    A message is handed to a thread only once one is free, and the unsubscribe guard's last look
+    comes after that wait, so it stays right before the message goes. The batch ends when every
     message handed over has its answer, so nothing is marked while a thread still holds one."""
 
     def __init__(self, backend: EmailBackend) -> None:
         self.backend = backend
         self.threads = max(1, backend.concurrency)
+        # One at a time is sent on this thread: handing each message to a thread of its own, to decide
+        # the next batch meanwhile, measured slower (the two threads take turns at the interpreter).
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nudge-send") if self.threads > 1 else None
         self._free = threading.Semaphore(self.threads)
 
@@ -731,8 +829,10 @@ class _Handover:
             self._pool.shutdown(wait=True)
 
     @contextmanager
-    def batch(self, results: dict[int, Delivery | BackendUnavailable]) -> Iterator["_Batch"]:
-        batch = _Batch(self, results)
+    def batch(
+        self, results: dict[int, Delivery | BackendUnavailable], idle: Callable[[], bool] | None = None
+    ) -> Iterator["_Batch"]:
+        batch = _Batch(self, results, idle)
         try:
             yield batch
         finally:
@@ -744,27 +844,58 @@ class _Handover:
 
 
 class _Batch:
-    """One batch's hand-over: `batch(index, message)` sends it (or starts sending it); `results`
-    gets each answer, or the BackendUnavailable it raised, by index."""
+    """One batch's hand-over: `ready()` waits for a free thread, then `batch(index, message)`
+    starts sending on it (or `unready()` gives it back); `results` gets each answer, or the
+    BackendUnavailable it raised, by index. While every thread is busy, `idle()` is called for
+    other work, until it returns False."""
 
-    def __init__(self, handover: _Handover, results: dict[int, Delivery | BackendUnavailable]) -> None:
+    def __init__(
+        self, handover: _Handover, results: dict[int, Delivery | BackendUnavailable],
+        idle: Callable[[], bool] | None,
+    ) -> None:
         self.handover = handover
         self.results = results
         self.futures: list[Future[None]] = []
         self.unexpected: BaseException | None = None
         self._stopped = False
+        self._idle = idle
+        self._reserved = False
 
     def stopped(self) -> bool:
         """The backend went away (or a send raised what it should not): hand nothing more over."""
         return self._stopped
 
+    def ready(self) -> None:
+        """Return once a thread is free (and held for the next message)."""
+        free = self.handover._free
+        while not free.acquire(blocking=False):
+            if not self._idle_step():
+                free.acquire()
+                break
+        self._reserved = True
+
+    def unready(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self.handover._free.release()
+
     def __call__(self, index: int, message: EmailMessage) -> None:
+        if not self._reserved:
+            self.ready()
+        self._reserved = False
         pool = self.handover._pool
         if pool is None:
             self._send(index, message)
-            return
-        self.handover._free.acquire()  # a thread is free: the message leaves now
-        self.futures.append(pool.submit(self._send, index, message))
+        else:
+            self.futures.append(pool.submit(self._send, index, message))
+
+    def _idle_step(self) -> bool:
+        if self._idle is None:
+            return False
+        if not self._idle():
+            self._idle = None
+            return False
+        return True
 
     def _send(self, index: int, message: EmailMessage) -> None:
         try:
@@ -778,10 +909,14 @@ class _Batch:
             if self.handover._pool is None:
                 raise
         finally:
-            if self.handover._pool is not None:
-                self.handover._free.release()
+            self.handover._free.release()
 
     def wait(self) -> None:
+        self.unready()
+        # At most one message per thread is outstanding: the last ones handed over.
+        recent = self.futures[-self.handover.threads:]
+        while not all(future.done() for future in recent) and self._idle_step():
+            pass
         wait(self.futures)
 
     def raise_unexpected(self) -> None:

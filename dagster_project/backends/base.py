@@ -54,6 +54,9 @@ class EmailBackend(ABC):
     # How many messages `send` may be given at once, from as many threads: 1 unless the backend
     # is safe to call from several threads (e.g. one connection each from a pool).
     concurrency: int = 1
+    # True when messages go nowhere beyond this machine (a folder, nowhere at all): no server's
+    # pace or limits to keep to, so a deduping one may take larger batches (SendConfig.local_batch_size).
+    local: bool = False
 
     def __enter__(self) -> "EmailBackend":
         self.open()

@@ -14,6 +14,7 @@ from .base import Delivery, EmailBackend, message_id_of
 
 class NullBackend(EmailBackend):
     dedupes = True
+    local = True
 
     def __init__(self) -> None:
         self.description = "null:// (nothing is delivered)"

@@ -168,6 +168,9 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         unsubscribe_mailto="unsubscribe@nudge.example",
         unsubscribe_secret="fault-secret",
         batch_size=options.batch_size,
+        # The file trials kill inside batches of this size too (the file backend's batches are
+        # larger by default).
+        local_batch_size=options.batch_size,
     )
     con = duckdb.connect(options.warehouse)
     try:

@@ -321,3 +321,56 @@ def test_file_backend_clears_the_temporary_files_a_killed_writer_left(tmp_path):
         pass
     assert not leftover.exists()
     assert kept.read_bytes() == b"a whole message"
+
+
+# --- shortcuts the backends take ------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["ana@example.com", "A.b+c-d_e@x-y.example.org", "a..b@c.d", '"q r"@x.y',
+                                     "Name <a@b.c>", "a@b", ".a@b.c", "a@b.c.", "", "<a@b.c>", "a@b.c (comment)",
+                                     "o'brien@example.com", "zoë@exämple.com"])
+def test_smtp_writes_the_envelope_addresses_as_smtplib_quotes_them(address):
+    import smtplib
+
+    from dagster_project.backends.smtp import quoted_address
+
+    assert quoted_address(address) == smtplib.quoteaddr(address)
+
+
+def test_file_backend_replaces_a_temporary_file_left_under_the_same_name_without_following_a_link(tmp_path):
+    outbox, elsewhere = tmp_path / "outbox", tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not the outbox's")
+    sent = message("c1")
+    with FileBackend(outbox) as backend:
+        final = backend.path_for(sent)
+        final.parent.mkdir(parents=True)
+        (final.parent / f".{final.name}.tmp").symlink_to(elsewhere)  # planted after open() cleared leftovers
+        delivery = backend.send(sent)
+    assert delivery.ok and Path(delivery.detail) == final
+    assert final.read_bytes() == sent.as_bytes(policy=policy.SMTP) and not final.is_symlink()
+    assert elsewhere.read_text() == "not the outbox's"
+    assert [path.name for path in final.parent.iterdir()] == [final.name]
+
+
+def test_file_backend_flush_syncs_the_outbox_filesystem(tmp_path, monkeypatch):
+    from dagster_project.backends import file as file_backend
+
+    synced: list[str] = []
+
+    def syncfs(descriptor: int) -> int:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        return 0
+
+    with FileBackend(tmp_path / "outbox") as backend:
+        backend.send(message("c1"))
+        monkeypatch.setattr(file_backend, "_SYNCFS", syncfs)
+        backend.flush()
+        assert synced == [str((tmp_path / "outbox").resolve())]  # through the descriptor open() took
+        monkeypatch.setattr(file_backend, "_SYNCFS", lambda descriptor: -1)  # a write-back error
+        with pytest.raises(BackendUnavailable, match="cannot flush the outbox"):
+            backend.flush()
+        monkeypatch.setattr(file_backend, "_SYNCFS", None)  # no syncfs (not Linux): os.sync
+        monkeypatch.setattr(os, "sync", lambda: synced.append("all"))
+        backend.flush()
+        assert synced[-1] == "all"
+    assert backend._root_descriptor is None  # closed with the backend

@@ -5,6 +5,7 @@ The clock is stepped by hand (20 s a reading), so every batch is "long enough" f
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 
@@ -30,7 +31,7 @@ def test_the_log_and_the_watchers_see_the_send_move(tmp_path, monkeypatch):
     with FileBackend(tmp_path / "outbox") as backend, send_module.progress_shown_to(watched.append):
         report = send_module.send_automation(
             con, WELCOME, contacts_relation="staging.stg_contacts", events_relation="intermediate.int_events",
-            backend=backend, config=CONFIG, as_of=AS_OF, policy=Policy(cap_per_day=None, cap_per_week=None),
+            backend=backend, config=dataclasses.replace(CONFIG, local_batch_size=2), as_of=AS_OF, policy=Policy(cap_per_day=None, cap_per_week=None),
             marketing_automations=["welcome"], log=logged.append,
         )
     assert (report.sent, report.decided_in_sql) == (5, 2)

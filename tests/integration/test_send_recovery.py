@@ -7,16 +7,25 @@ cannot, so they become `unknown` and are never handed over again.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import duckdb
 import pytest
+import send_warehouse
 from send_warehouse import AS_OF, send
 
 from dagster_project.backends import FileBackend, backend_from_url
 from dagster_project.backends.base import BackendUnavailable
 from dagster_project.ledger import Entry, ensure_ledger, record
 from dagster_project.messages import message_id
+
+
+@pytest.fixture(autouse=True)
+def batches_of_two(monkeypatch):
+    # The file backend's batches are larger by default; these tests follow the file backend's
+    # claims, flushes and marks batch by batch, in batches of two as over SMTP.
+    monkeypatch.setattr(send_warehouse, "CONFIG", dataclasses.replace(send_warehouse.CONFIG, local_batch_size=2))
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ goes away part-way through."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
+import send_warehouse
 from send_warehouse import AS_OF, ledger, send, welcome_warehouse
 
 from dagster_project.backends import FileBackend
@@ -14,6 +16,12 @@ from dagster_project.backends.base import BackendUnavailable
 
 # 12:00 UTC is 01:00 in Auckland (inside quiet hours) and noon in UTC.
 ZONES = ["Pacific/Auckland", "UTC", "Pacific/Auckland", "UTC", "Pacific/Auckland"]
+
+
+@pytest.fixture(autouse=True)
+def batches_of_two(monkeypatch):
+    # The file backend dedupes, so its batches are larger by default; these follow batches of two.
+    monkeypatch.setattr(send_warehouse, "CONFIG", dataclasses.replace(send_warehouse.CONFIG, local_batch_size=2))
 
 
 @pytest.fixture

@@ -78,3 +78,15 @@ def test_a_temporary_failure_on_the_last_attempt_is_attempts_exhausted_with_the_
     con.execute("update nudge.messages set attempts = ? where trigger_key = 'k2'", [MAX_ATTEMPTS - 1])
     mark(con, [Outcome("welcome", "k2", "failed", "rejected", "550 no such user")], as_of=AS_OF, now=NOW)
     assert row(con, "k2")[:3] == ("failed", "rejected", MAX_ATTEMPTS)
+
+
+def test_claims_said_to_be_new_are_inserted_and_a_key_that_has_a_row_after_all_is_upserted(con):
+    record(con, [entry("k1"), entry("k2")], as_of=AS_OF, now=NOW, new=True)
+    assert pending_keys(con, "welcome") == ["k1", "k2"]
+    mark(con, [Outcome("welcome", "k1", "failed", "temporary", "451 try later")], as_of=AS_OF, now=NOW)
+    later = datetime(2026, 11, 1, 13)
+    # k1 has a row (a retry), k3 has none: the plain insert fails whole, the upsert writes both.
+    record(con, [entry("k1"), entry("k3")], as_of=later, now=later, new=True)
+    assert row(con, "k1") == ("pending", None, 1, None, AS_OF)
+    assert row(con, "k3") == ("pending", None, 0, None, later)
+    assert con.execute("select count(*) from nudge.messages").fetchone()[0] == 3

@@ -321,3 +321,47 @@ def test_headers_folded_once_are_told_apart_by_name_not_only_by_value():
                       message_id=message_id("1.0", "c1", "nudge.example"), date=WHEN, unsubscribe=None)
     lines = header_lines(message)
     assert "X-Nudge-Automation: 1.0" in lines and "MIME-Version: 1.0" in lines
+
+
+# --- the shortcuts compose takes -------------------------------------------------
+
+
+def test_the_base64_length_is_known_without_encoding():
+    import base64
+
+    from dagster_project.messages import _base64_length
+
+    for size in [*range(0, 400), 4095, 4096, 9999, 57 * 1000, 57 * 1000 + 1]:
+        assert _base64_length(size) == len(base64.encodebytes(b"x" * size)), size
+
+
+# Header blocks as a serializer could get them wrong: bare CR or LF, continuation lines, names
+# with odd characters, a "From " line, a line without a colon, several To headers, folded To.
+HEADER_LINES = st.one_of(
+    st.sampled_from([
+        "From: a@b.c", "To: ana@example.com", "To: ana@example.com, bo@example.com", "To:\r\n ana@example.com",
+        "To: Ana <ana@example.com>", "Subject: hi", " continued", "\tcontinued", "From nobody", "no colon here",
+        ": empty name", "X-A: 1\rX-B: 2", "X-A: 1\nX-B: 2", "Subject: a\r\n b", "To: \"a, b\" <c@d.e>", "Ä: x",
+        "Message-ID: <a@b>", "To: ana@example.com ", "To:   ana@example.com",
+    ]),
+    st.builds(lambda name, value: f"{name}: {value}", st.text("abcXyz-:", min_size=0, max_size=6),
+              st.text(max_size=10)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(lines=st.lists(HEADER_LINES, min_size=1, max_size=8))
+def test_the_quick_reading_of_a_header_block_is_the_parsers_whenever_it_answers(lines):
+    from email.parser import BytesHeaderParser
+
+    from dagster_project.messages import _read_plain_header_block
+
+    try:
+        block = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    quick = _read_plain_header_block(block)
+    if quick is None:
+        return  # the parser itself reads this one
+    parsed = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+    assert quick == (sorted(name.lower() for name in parsed.keys()), [str(v) for v in parsed.get_all("To", [])])
