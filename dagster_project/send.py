@@ -115,11 +115,11 @@ def _candidates_sql(
         exits = f"""
         exits as (
             select t.trigger_key, min(e.occurred_at) as exited_at, arg_min(e.event_name, e.occurred_at) as exit_event
-            from {automation.relation} as t
+            from due as t
             join {events_relation} as e
               on e.contact_id = t.contact_id
              and e.occurred_at > t.qualified_at and e.occurred_at <= $as_of
-            where t.due_at <= $as_of and list_contains($exit_events, e.event_name) and not e.is_syncing
+            where list_contains($exit_events, e.event_name) and not e.is_syncing
             group by t.trigger_key
         )"""
     else:
@@ -138,9 +138,24 @@ def _candidates_sql(
                    null::varchar as suppression_event_id
         )"""
     # Retry only temporary failures and quiet-hours holds; re-deliver leftover claims only where
-    # the backend dedupes.
+    # the backend dedupes. The trigger rows the ledger has not settled come first: the rest of the
+    # query (exit events above all, a join with every event) works on them, not on the history.
     return f"""
-        with {exits},{suppressions},
+        with
+        due as (
+            select t.contact_id, t.trigger_key, t.qualified_at, t.due_at, t.context,
+                   m.status as ledger_status, coalesce(m.attempts, 0) as attempts
+            from {automation.relation} as t
+            left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
+            where t.due_at <= $as_of
+              and (
+                  m.trigger_key is null
+                  or (m.status = 'failed' and m.reason = 'temporary' and m.attempts < {MAX_ATTEMPTS})
+                  or m.status = 'held'
+                  or (m.status = 'pending' and $redeliver_pending)
+              )
+        ),
+        {exits},{suppressions},
         history as (
             select contact_id, max(coalesce(sent_at, decided_at)) as last_entered_at
             from {LEDGER_TABLE}
@@ -164,28 +179,20 @@ def _candidates_sql(
             c.contact_id is not null as has_contact,
             c.email, c.status as contact_status, c.first_name, c.last_name, c.timezone, c.properties,
             h.last_entered_at,
-            m.status as ledger_status,
-            coalesce(m.attempts, 0) as attempts,
+            t.ledger_status,
+            t.attempts,
             x.exited_at, x.exit_event,
             coalesce(k.last_day, 0) as marketing_last_day,
             coalesce(k.last_week, 0) as marketing_last_week,
             u.unsubscribed_at,
             s.suppression, s.suppressed_at, s.suppression_event_id
-        from {automation.relation} as t
+        from due as t
         left join {contacts_relation} as c on c.contact_id = t.contact_id
         left join history as h on h.contact_id = t.contact_id
         left join marketing as k on k.contact_id = t.contact_id
         left join exits as x on x.trigger_key = t.trigger_key
-        left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
         left join {UNSUBSCRIBES_TABLE} as u on u.contact_id = t.contact_id and u.list = $unsubscribe_list
         left join suppressions as s on s.email = lower(trim(c.email))
-        where t.due_at <= $as_of
-          and (
-              m.trigger_key is null
-              or (m.status = 'failed' and m.reason = 'temporary' and m.attempts < {MAX_ATTEMPTS})
-              or m.status = 'held'
-              or (m.status = 'pending' and $redeliver_pending)
-          )
     """
 
 
