@@ -43,11 +43,12 @@ class DbtProjectResource(dg.ConfigurableResource):
     """Where the dbt project and its profiles are, for the dbt assets (which run dbt here)."""
 
     project_dir: str
-    profiles_dir: str | None = None  # the project's own folder when unset
+    # Unset: DBT_PROFILES_DIR, as dbt reads it, else the project's own folder.
+    profiles_dir: str | None = None
 
     @property
     def profiles(self) -> Path:
-        return Path(self.profiles_dir or self.project_dir)
+        return Path(self.profiles_dir or os.environ.get("DBT_PROFILES_DIR") or self.project_dir)
 
 
 def dbt_arguments(command: Sequence[str], project_dir: Path, profiles_dir: Path, target_path: Path) -> list[str]:

@@ -59,3 +59,11 @@ def test_a_build_that_fails_says_so(warehouse, tmp_path):
     assert not run.success
     assert run.results == []
     assert run.error
+
+
+def test_the_profiles_folder_is_the_resources_else_dbts_variable_else_the_project(monkeypatch):
+    monkeypatch.delenv("DBT_PROFILES_DIR", raising=False)
+    assert dbt_runner.DbtProjectResource(project_dir="/p").profiles == Path("/p")
+    monkeypatch.setenv("DBT_PROFILES_DIR", "/profiles")
+    assert dbt_runner.DbtProjectResource(project_dir="/p").profiles == Path("/profiles")
+    assert dbt_runner.DbtProjectResource(project_dir="/p", profiles_dir="/mine").profiles == Path("/mine")
