@@ -3,9 +3,9 @@
     contact's own events (and contact row) is rebuilt, each tick, for the contacts whose
     answer may have changed, not for everyone in the history.
 
-    A model opts in with the config at the top of int_carts.sql (incremental, appended,
-    nudge_forget_contacts_to_rebuild as its pre-hook, nudge_record_contact_watermark as
-    its post-hook, and its time rules as meta.nudge_wakes) and reads its events with
+    A model opts in with `{{ nudge_per_contact_model(wakes={...}) }}` at its top (incremental,
+    appended, nudge_forget_contacts_to_rebuild as its pre-hook, nudge_record_contact_watermark
+    as its post-hook, and its time rules as meta.nudge_wakes) and reads its events with
     `select * from {{ nudge_events_to_rebuild() }}`. The pre-hook deletes the rows of the
     contacts to rebuild, the model appends their new ones, and the post-hook records the
     clock and the load times it was built at.
@@ -319,4 +319,17 @@
         'contacts_loaded_until': oldest[2],
     } -%}
     {{ return(nudge_contacts_changed_since(last, wakes.values() | list, stitched, contacts)) }}
+{%- endmacro %}
+
+
+{% macro nudge_per_contact_model(wakes=none) -%}
+    {#- A model's config as a per-contact incremental model, with its time rules (meta.nudge_wakes). -#}
+    {{ config(
+        materialized='incremental',
+        incremental_strategy='append',
+        on_schema_change='fail',
+        pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
+        post_hook="{{ nudge_record_contact_watermark() }}",
+        meta={'nudge_wakes': wakes or {}}
+    ) }}
 {%- endmacro %}

@@ -1,10 +1,4 @@
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}"
-) }}
+{{ nudge_per_contact_model() }}
 
 -- A contact's days depend on their own workouts and time zone only: each tick rebuilds
 -- the contacts with something new (macros/per_contact_incremental.sql).

@@ -10,14 +10,7 @@
 {%- for event_name in activity_events -%}
     {%- do wakes.update({event_name: dormant_after}) -%}
 {%- endfor -%}
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}",
-    meta={'nudge_wakes': wakes}
-) }}
+{{ nudge_per_contact_model(wakes=wakes) }}
 
 with
 

@@ -1,11 +1,4 @@
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}",
-    meta={'nudge_wakes': {'workout_completed': '14d'}}
-) }}
+{{ nudge_per_contact_model(wakes={'workout_completed': '14d'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
 -- workouts and plan, and when 14 days pass after a workout.

@@ -1,11 +1,4 @@
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}",
-    meta={'nudge_wakes': {'purchased': '30d'}}
-) }}
+{{ nudge_per_contact_model(wakes={'purchased': '30d'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
 -- purchases, and when 30 days pass after one.

@@ -1,11 +1,4 @@
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}",
-    meta={'nudge_wakes': {'product_viewed': '2h'}}
-) }}
+{{ nudge_per_contact_model(wakes={'product_viewed': '2h'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): a contact's browses change with their own
 -- views and adds, and when 2 hours pass after a view.

@@ -1,11 +1,4 @@
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}",
-    meta={'nudge_wakes': {'added_to_cart': '1h'}}
-) }}
+{{ nudge_per_contact_model(wakes={'added_to_cart': '1h'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql), as int_carts is; a cart is abandoned an
 -- hour after its last add, the time rule below.

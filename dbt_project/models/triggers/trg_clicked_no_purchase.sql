@@ -1,13 +1,6 @@
 {% set clicked_automation = json_get('properties', 'automation') %}
 
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}",
-    meta={'nudge_wakes': {'email_clicked': '72h'}}
-) }}
+{{ nudge_per_contact_model(wakes={'email_clicked': '72h'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): a contact's qualifications change with their
 -- own events, and when 72 hours pass after a click.

@@ -1,10 +1,4 @@
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}"
-) }}
+{{ nudge_per_contact_model() }}
 
 -- Per contact (macros/per_contact_incremental.sql): a contact's first moment is their own, and
 -- qualifies when it happens.

@@ -1,10 +1,4 @@
-{{ config(
-    materialized='incremental',
-    incremental_strategy='append',
-    on_schema_change='fail',
-    pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
-    post_hook="{{ nudge_record_contact_watermark() }}"
-) }}
+{{ nudge_per_contact_model() }}
 
 -- Rebuilt for the contacts whose workout days were (int_workout_days: the same rule, the
 -- same time zones), not for the whole history.
