@@ -68,3 +68,24 @@ def test_one_engine_per_database_file_for_the_life_of_the_process(home):
         assert run.success
         # the index and the run's own file; dozens of events, two engines
         assert set(storage._engines) == {"index", run.run_id}  # noqa: SLF001
+
+
+def test_wal_files_skip_the_sync_per_commit_and_other_files_keep_it(home, tmp_path):
+    import sqlite3
+
+    with instance_at(home) as instance:
+        storage = instance.event_log_storage
+        run = dg.materialize([numbers, doubled], instance=instance)
+        assert run.success
+        for shard in ("index", run.run_id):
+            with storage._connect(shard) as conn:  # noqa: SLF001
+                assert conn.exec_driver_sql("pragma journal_mode").scalar() == "wal"
+                assert conn.exec_driver_sql("pragma synchronous").scalar() == 1  # NORMAL
+
+        # A file in the old rollback-journal mode keeps SQLite's FULL sync: NORMAL could corrupt it.
+        sqlite3.connect(tmp_path / "runs_dir_shard.db").execute("create table t (x)").connection.close()
+        storage._base_dir = str(tmp_path)  # noqa: SLF001
+        storage._initialized_dbs.add("runs_dir_shard")  # noqa: SLF001
+        with storage._connect("runs_dir_shard") as conn:  # noqa: SLF001
+            assert conn.exec_driver_sql("pragma journal_mode").scalar() == "delete"
+            assert conn.exec_driver_sql("pragma synchronous").scalar() == 2  # FULL
