@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.compute as pc
 
 from dagster_project.automations import Automation, Policy
 from dagster_project.backends.base import (
@@ -297,23 +296,33 @@ def _record_sql_verdicts(
     con: duckdb.DuckDBPyConnection, verdicts_relation: str, automation: Automation, config: SendConfig,
     as_of: datetime, now: datetime,
 ) -> Counter[str]:
-    """Write every verdict SQL decided, in one statement; how many of each reason."""
-    written = record_query(
-        con,
-        f"""
-        select $automation as automation, trigger_key, contact_id, email,
-               -- messages.message_id, spelled in SQL
-               '<' || left(sha256($automation || chr(0) || trigger_key), 32) || '@' || $domain || '>' as message_id,
-               '{Status.SKIPPED}' as status, verdict_reason as reason, verdict_error as error,
-               qualified_at, due_at, null as subject
-        from {verdicts_relation}
-        where verdict_reason is not null
-        """,
-        {"automation": automation.name, "domain": sender_domain(automation.sender or config.sender)},
-        as_of=as_of,
-        now=now,
-    )
-    return Counter({row["values"]: row["counts"] for row in pc.value_counts(written["reason"]).to_pylist()})
+    """Write every verdict SQL decided, in two statements; how many of each reason.
+
+    Each is written: a key the ledger already holds is a retry, a hold or a claim (the candidates
+    query lets no other through), never a skip, so the upsert never keeps the stored row. The keys
+    it does not hold yet (nearly all of a cold tick's millions) go in by a plain insert."""
+    params = {"automation": automation.name, "domain": sender_domain(automation.sender or config.sender)}
+    for new in (True, False):
+        record_query(
+            con,
+            f"""
+            select $automation as automation, trigger_key, contact_id, email,
+                   -- messages.message_id, spelled in SQL
+                   '<' || left(sha256($automation || chr(0) || trigger_key), 32) || '@' || $domain || '>' as message_id,
+                   '{Status.SKIPPED}' as status, verdict_reason as reason, verdict_error as error,
+                   qualified_at, due_at, null as subject
+            from {verdicts_relation}
+            where verdict_reason is not null and ledger_status is {'' if new else 'not '}null
+            """,
+            params,
+            as_of=as_of,
+            now=now,
+            new=new,
+        )
+    counts = con.execute(
+        f"select verdict_reason, count(*) from {verdicts_relation} where verdict_reason is not null group by all"
+    ).fetchall()
+    return Counter(dict(counts))
 
 
 def _candidate_params(
