@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time
 from typing import Any
 
 import duckdb
@@ -19,7 +19,7 @@ from dagster_project.builds import BUILDS_TABLE
 from dagster_project.dbt_assets import dbt_project, load_manifest
 from dagster_project.durations import format_duration
 from dagster_project.ledger import LEDGER_TABLE, MAX_ATTEMPTS
-from dagster_project.policies import contact_zone
+from dagster_project.policies import quiet_hours_end
 from dagster_project.settings import NudgeSettings
 from dagster_project.warehouse import connect
 
@@ -81,16 +81,6 @@ class Explanation:
 
 def when(value: datetime) -> str:
     return f"{value:%Y-%m-%d %H:%M} UTC"
-
-
-def quiet_hours_end(after: datetime, timezone: str | None, end: time) -> datetime:
-    """The first end of quiet hours after `after` (naive UTC), in the contact's own timezone."""
-    zone = contact_zone(timezone)
-    local = after.replace(tzinfo=UTC).astimezone(zone)
-    ends = datetime.combine(local.date(), end, tzinfo=zone)
-    if ends <= local:
-        ends = datetime.combine(local.date() + timedelta(days=1), end, tzinfo=zone)
-    return ends.astimezone(UTC).replace(tzinfo=None)
 
 
 def _reentry(automation: Automation) -> str:

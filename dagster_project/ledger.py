@@ -72,8 +72,11 @@ create table if not exists {LEDGER_TABLE} (
     sent_at      timestamp,
     updated_at   timestamp not null,
     subject      varchar,
+    held_until   timestamp,
     primary key (automation, trigger_key)
 );
+-- added after the first release: a ledger made before it gains the column
+alter table {LEDGER_TABLE} add column if not exists held_until timestamp;
 """
 
 
@@ -92,6 +95,7 @@ class Entry:
     qualified_at: datetime | None
     due_at: datetime | None
     subject: str | None = None
+    held_until: datetime | None = None  # a quiet-hours hold: no tick decides it again before this
 
 
 @dataclass(frozen=True)
@@ -164,9 +168,9 @@ def _insert_sql(source: str) -> str:
     return f"""
         insert into {LEDGER_TABLE}
             (automation, trigger_key, contact_id, email, message_id, status, reason, error,
-             attempts, qualified_at, due_at, decided_at, sent_at, updated_at, subject)
+             attempts, qualified_at, due_at, decided_at, sent_at, updated_at, subject, held_until)
         select automation, trigger_key, contact_id, email, message_id, status, reason, error,
-               0, qualified_at, due_at, $as_of, null, $now, subject
+               0, qualified_at, due_at, $as_of, null, $now, subject, held_until
         from {source}
         """
 
@@ -181,11 +185,13 @@ def _record_sql(source: str) -> str:
             reason = excluded.reason,
             error = excluded.error,
             subject = excluded.subject,
-            updated_at = excluded.updated_at
+            updated_at = excluded.updated_at,
+            held_until = excluded.held_until
         -- a held message decided the same way again (a replayed tick) stays as it was
         where messages.status <> excluded.status
            or messages.reason is distinct from excluded.reason
            or messages.error is distinct from excluded.error
+           or messages.held_until is distinct from excluded.held_until
         """
 
 

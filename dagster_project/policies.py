@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -56,9 +56,10 @@ class TickState:
 
 @dataclass(frozen=True)
 class Verdict:
-    status: Status  # PENDING (send it), SKIPPED or HELD_OUT
+    status: Status  # PENDING (send it), SKIPPED, HELD_OUT or HELD
     reason: Reason | None = None
     detail: str | None = None
+    until: datetime | None = None  # HELD: when the quiet hours end for the contact (naive UTC)
 
 
 SEND = Verdict(Status.PENDING)
@@ -84,6 +85,16 @@ def contact_zone(name: str | None) -> ZoneInfo:
     return ZoneInfo("UTC")
 
 
+def quiet_hours_end(after: datetime, timezone: str | None, end: time) -> datetime:
+    """The first end of quiet hours after `after` (naive UTC), in the contact's own timezone."""
+    zone = contact_zone(timezone)
+    local = after.replace(tzinfo=UTC).astimezone(zone)
+    ends = datetime.combine(local.date(), end, tzinfo=zone)
+    if ends <= local:
+        ends = datetime.combine(local.date() + timedelta(days=1), end, tzinfo=zone)
+    return ends.astimezone(UTC).replace(tzinfo=None)
+
+
 def _quiet_hours(candidate: Candidate, policy: Policy, as_of: datetime) -> Verdict | None:
     zone = contact_zone(candidate.timezone)
     local = as_of.replace(tzinfo=UTC).astimezone(zone)
@@ -94,6 +105,8 @@ def _quiet_hours(candidate: Candidate, policy: Policy, as_of: datetime) -> Verdi
         Reason.QUIET_HOURS,
         f"{local:%H:%M} in {zone.key} is inside quiet hours "
         f"({policy.quiet_start:%H:%M}-{policy.quiet_end:%H:%M}); held until {policy.quiet_end:%H:%M} there",
+        # Ticks before then leave it alone (the candidates query): it is decided again from this moment.
+        until=quiet_hours_end(as_of, candidate.timezone, policy.quiet_end),
     )
 
 

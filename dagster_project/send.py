@@ -150,7 +150,9 @@ def _candidates_sql(
               and (
                   m.trigger_key is null
                   or (m.status = 'failed' and m.reason = 'temporary' and m.attempts < {MAX_ATTEMPTS})
-                  or m.status = 'held'
+                  -- a hold comes back when the contact's quiet hours end, or to be skipped as stale
+                  or (m.status = 'held' and (m.held_until is null or m.held_until <= $as_of
+                                             or epoch_us($as_of) - epoch_us(t.due_at) > $send_window_us))
                   or (m.status = 'pending' and $redeliver_pending)
               )
         ),
@@ -281,9 +283,7 @@ def _verdicts_sql(candidates_sql: str, automation: Automation) -> str:
 
 
 def _verdict_params(automation: Automation, params: dict[str, Any]) -> dict[str, Any]:
-    send_window = automation.send_window
-    params = {**params, "send_window_us": (send_window.days * 86_400 + send_window.seconds) * 1_000_000
-              + send_window.microseconds}
+    params = dict(params)
     if automation.start_at is not None:
         params["start_at"] = automation.start_at
         params["start_at_text"] = f"{automation.start_at:%Y-%m-%d %H:%M}"
@@ -310,7 +310,7 @@ def _record_sql_verdicts(
                    -- messages.message_id, spelled in SQL
                    '<' || left(sha256($automation || chr(0) || trigger_key), 32) || '@' || $domain || '>' as message_id,
                    '{Status.SKIPPED}' as status, verdict_reason as reason, verdict_error as error,
-                   qualified_at, due_at, null as subject
+                   qualified_at, due_at, null as subject, null::timestamp as held_until
             from {verdicts_relation}
             where verdict_reason is not null and ledger_status is {'' if new else 'not '}null
             """,
@@ -328,9 +328,11 @@ def _record_sql_verdicts(
 def _candidate_params(
     automation: Automation, as_of: datetime, redeliver_pending: bool, marketing_automations: Sequence[str]
 ) -> dict[str, Any]:
+    send_window = automation.send_window
     params: dict[str, Any] = {
         "automation": automation.name,
         "as_of": as_of,
+        "send_window_us": (send_window.days * 86_400 + send_window.seconds) * 1_000_000 + send_window.microseconds,
         "redeliver_pending": redeliver_pending,
         "marketing_automations": list(marketing_automations),
         "unsubscribe_list": MARKETING_LIST,
@@ -467,6 +469,7 @@ def _entry(candidate: Candidate, automation: Automation, config: SendConfig, ver
         qualified_at=candidate.qualified_at,
         due_at=candidate.due_at,
         subject=subject,
+        held_until=verdict.until,
     )
 
 

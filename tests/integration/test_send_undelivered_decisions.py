@@ -56,11 +56,21 @@ def test_holds_decided_across_batches_all_reach_the_ledger(con, tmp_path):
         "c_0": ("held", "quiet_hours"), "c_1": ("sent", None), "c_2": ("held", "quiet_hours"),
         "c_3": ("sent", None), "c_4": ("held", "quiet_hours"),
     }
-    # decided again an hour later, still inside quiet hours: still held, nothing sent twice
+    # Each hold ends at 08:00 in Auckland, 19:00 UTC (NZDT): no tick before then decides it again.
+    release = AS_OF.replace(hour=19)
+    held_until = dict(con.execute("select trigger_key, held_until from nudge.messages where status = 'held'").fetchall())
+    assert held_until == {"c_0": release, "c_2": release, "c_4": release}
     with FileBackend(tmp_path / "outbox") as backend:
         again = send(con, backend, AS_OF + timedelta(hours=1))
-    assert (again.sent, again.held) == (0, 3)
+    assert (again.due, again.sent, again.held) == (0, 0, 0)
     assert sorted(key for key, row in ledger(con).items() if row[0] == "held") == ["c_0", "c_2", "c_4"]
+    # An hour before the release they are still left alone; at it, they go, nothing sent twice.
+    with FileBackend(tmp_path / "outbox") as backend:
+        assert send(con, backend, release - timedelta(hours=1)).due == 0
+        released = send(con, backend, release)
+    assert (released.due, released.sent, released.held) == (3, 3, 0)
+    assert {row[0] for row in ledger(con).values()} == {"sent"}
+    assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 5
 
 
 def test_holds_decided_before_the_backend_went_away_are_kept(con, tmp_path):
@@ -73,3 +83,27 @@ def test_holds_decided_before_the_backend_went_away_are_kept(con, tmp_path):
         "c_0": ("held", "quiet_hours"), "c_1": ("sent", None), "c_2": ("held", "quiet_hours"),
         "c_3": ("failed", "temporary"),
     }
+
+
+def test_a_hold_that_goes_stale_before_its_release_is_skipped_when_it_does(con, tmp_path):
+    with FileBackend(tmp_path / "outbox") as backend:
+        assert send(con, backend).held == 3
+    # As if quiet hours ended long after the send window (72 hours after due_at) closes.
+    con.execute("update nudge.messages set held_until = held_until + interval 10 days where status = 'held'")
+    ((stale_after,),) = con.execute("select max(due_at) + interval 72 hours from nudge.messages").fetchall()
+    with FileBackend(tmp_path / "outbox") as backend:
+        assert send(con, backend, stale_after - timedelta(hours=1)).due == 0
+        late = send(con, backend, stale_after + timedelta(hours=1))
+    assert (late.due, late.sent, late.skipped["stale"]) == (3, 0, 3)
+    assert sorted(key for key, row in ledger(con).items() if row[:2] == ("skipped", "stale")) == ["c_0", "c_2", "c_4"]
+
+
+def test_a_ledger_from_before_holds_had_an_end_gains_the_column_and_decides_its_holds_again(con, tmp_path):
+    with FileBackend(tmp_path / "outbox") as backend:
+        send(con, backend)
+    # The ledger as it was made before held_until: its holds carry no end.
+    con.execute("alter table nudge.messages drop column held_until")
+    with FileBackend(tmp_path / "outbox") as backend:
+        again = send(con, backend, AS_OF + timedelta(hours=1))
+    assert (again.due, again.held) == (3, 3)
+    assert con.execute("select count(*) from nudge.messages where held_until is not null").fetchall() == [(3,)]

@@ -126,6 +126,9 @@ def test_quiet_hours_hold_marketing_in_the_contacts_own_timezone(timezone, tick_
     assert v.status == status
     if status == Status.HELD:
         assert v.reason == Reason.QUIET_HOURS and "held until 08:00" in v.detail
+        # the next 08:00 there, in UTC: no tick decides the message again before it
+        assert v.until == {"Europe/Berlin": datetime(2026, 11, 2, 7), "Asia/Tokyo": datetime(2026, 11, 1, 23),
+                           "Mars/Olympus_Mons": datetime(2026, 11, 2, 8)}[timezone]
 
 
 def test_transactional_mail_ignores_quiet_hours_unless_it_asks():
