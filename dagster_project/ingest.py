@@ -619,8 +619,9 @@ def _incoming(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) ->
 
 # Few ids against a big table are looked up in the primary key's index, a list of ids at a time
 # (DuckDB answers `in (...)` of up to index_scan_max_count values from the index); otherwise one hash
-# semi-join reads the table's ids. A lookup costs about as much as reading 500 stored ids.
-LOOKUP_SHARE = 512
+# semi-join reads the table's ids. A lookup costs about as much as reading 2,000 stored ids (an hour
+# of 16,000 new ids against 10M stored: 0.42 s looked up, 0.16 s by the semi-join).
+LOOKUP_SHARE = 2_048
 LOOKUP_IDS = 2_000
 
 

@@ -269,7 +269,7 @@ def test_ids_looked_up_in_the_index_dedupe_like_the_hash_join(landing, sample, c
     assert (report.rows_loaded, report.rows_duplicate) == (summary.events, summary.duplicate_event_rows)
     with duckdb.connect(str(tmp_path / "bulk.duckdb")) as bulk, monkeypatch.context() as defaults:
         defaults.setattr(ingest_module, "INSERT_EVERY_ROWS", 250_000)
-        defaults.setattr(ingest_module, "LOOKUP_SHARE", 512)
+        defaults.setattr(ingest_module, "LOOKUP_SHARE", 2_048)
         ingest_events(bulk, landing)
         stored = "select * exclude (loaded_at) from raw.events order by event_id"
         assert table(con, stored).equals(table(bulk, stored))
