@@ -23,9 +23,11 @@
 
     Finding those contacts and their events costs a pass over every event, so a tick does it
     once for all the models: int_contacts_to_rebuild holds the contacts changed since the
-    oldest of the models' last builds, for every model's time rules together (more contacts
-    than one model needs is still its answer: a contact with nothing new is rebuilt the same),
-    and int_events_to_rebuild their events. A model reads them when they were built at its
+    oldest of the models' last builds (more contacts than one model needs is still its
+    answer: a contact with nothing new is rebuilt the same), each with the time rule that
+    brought it, and int_events_to_rebuild their events. A model rebuilds the contacts every
+    model shares and those its own rules brought: a contact whose last workout turned 30 days
+    old is rebuilt in seg_dormant, not in the carts. A model reads them when they were built at its
     clock with every load it sees (a tick builds them first); otherwise (a model built on
     its own after a new load) it works out its own contacts.
 -#}
@@ -83,43 +85,45 @@
 {%- endmacro %}
 
 
-{% macro nudge_contacts_changed_since(last, wakes, stitched, contacts) -%}
+{% macro nudge_contacts_changed_since(last, wakes, stitched, contacts, tagged=false) -%}
     {#- A select of the contact ids whose rows may differ from those built at `last` (a
         watermark), for models with the time rules `wakes` (a list of [event name, duration]). Each reason is its own branch
         with a plain range on one column, so the scan skips the row groups outside it (an
         OR of them, or a duration added to the column, reads every event). Loads compare
         with `>`: each has its own instant, and the newest the last build saw may be a bulk
-        backfill of the whole history. -#}
+        backfill of the whole history. `tagged`: a second column, wake, says which time
+        rule (nudge_wake_key) brought the contact, null for the reasons every model shares. -#}
+    {%- set shared_reason = (", cast(null as " ~ dbt.type_string() ~ ") as wake") if tagged else "" -%}
     {%- set last_as_of = nudge_timestamp_literal(last.as_of) -%}
     {%- set loaded_until = nudge_timestamp_literal(last.events_loaded_until) -%}
     {%- set new_load -%}
         (loaded_at > {{ loaded_until }} or loaded_at is null)
     {%- endset -%}
-    select coalesce(contact_id, stitched_contact_id) as contact_id
+    select coalesce(contact_id, stitched_contact_id) as contact_id{{ shared_reason }}
     from {{ stitched }}
     where loaded_at > {{ loaded_until }}
 
     union
 
-    select coalesce(contact_id, stitched_contact_id) as contact_id
+    select coalesce(contact_id, stitched_contact_id) as contact_id{{ shared_reason }}
     from {{ stitched }}
     where loaded_at is null
 
     union
 
-    select coalesce(contact_id, stitched_contact_id) as contact_id
+    select coalesce(contact_id, stitched_contact_id) as contact_id{{ shared_reason }}
     from {{ stitched }}
     where occurred_at > {{ last_as_of }} and occurred_at <= {{ nudge_as_of() }}
 
     union
 
-    select coalesce(contact_id, stitched_contact_id) as contact_id
+    select coalesce(contact_id, stitched_contact_id) as contact_id{{ shared_reason }}
     from {{ stitched }}
     where identified_at > {{ last_as_of }} and identified_at <= {{ nudge_as_of() }}
 
     union
 
-    select contact_id
+    select contact_id{{ shared_reason }}
     from {{ stitched }}
     where contact_id is not null
         and anonymous_id in (
@@ -136,6 +140,7 @@
     union
 
     select coalesce(contact_id, stitched_contact_id) as contact_id
+        {%- if tagged %}, '{{ nudge_wake_key(event_name, duration) }}' as wake{% endif %}
     from {{ stitched }}
     where event_name = '{{ event_name }}'
         and occurred_at > cast({{ dbt.dateadd(parsed.datepart, -parsed.amount, last_as_of) }} as {{ dbt.type_timestamp() }})
@@ -145,11 +150,32 @@
 
     union
 
-    select contact_id
+    select contact_id{{ shared_reason }}
     from {{ contacts }}
     where loaded_at > {{ nudge_timestamp_literal(last.contacts_loaded_until) }}
         or loaded_at is null
     {%- endif %}
+{%- endmacro %}
+
+
+{% macro nudge_wake_key(event_name, duration) -%}
+    {#- One time rule as text, the same for 7d and 1w: how int_contacts_to_rebuild tags the
+        contacts a rule brought, and how a model picks the ones its own rules bring. -#}
+    {%- set parsed = nudge_parse_duration(duration) -%}
+    {{ return((event_name ~ '|' ~ parsed.amount ~ ' ' ~ parsed.datepart) | replace("'", "''")) }}
+{%- endmacro %}
+
+
+{% macro nudge_shared_contacts_of_this_model() -%}
+    {#- The contacts of int_contacts_to_rebuild this model rebuilds: those every model shares
+        and those its own time rules brought, not the ones another model's rules brought (a
+        contact turning dormant changes no cart). -#}
+    {%- set keys = [] -%}
+    {%- for event_name, duration in nudge_wakes() -%}
+        {%- do keys.append("'" ~ nudge_wake_key(event_name, duration) ~ "'") -%}
+    {%- endfor -%}
+    select contact_id from {{ ref('int_contacts_to_rebuild') }}
+    where wake is null{% if keys %} or wake in ({{ keys | join(', ') }}){% endif %}
 {%- endmacro %}
 
 
@@ -206,10 +232,8 @@
     {%- if last is none -%}
         {{ return(read) }}
     {%- elif nudge_shared_rebuild_is_current() -%}
-        {%- if relation is none -%}
-            {{ return(shared_events) }}
-        {%- endif -%}
-        {{ return("(select * from " ~ read ~ " where contact_id in (select contact_id from " ~ shared_contacts ~ "))") }}
+        {%- set read = shared_events if relation is none else read -%}
+        {{ return("(select * from " ~ read ~ " where contact_id in (" ~ nudge_shared_contacts_of_this_model() ~ "))") }}
     {%- else -%}
         {{ return("(select * from " ~ read ~ " where contact_id in ("
             ~ nudge_contacts_changed_since(last, nudge_wakes(), stitched, contacts) ~ "))") }}
@@ -224,7 +248,7 @@
         {%- if last is none -%}
             delete from {{ this }}
         {%- elif nudge_shared_rebuild_is_current() -%}
-            delete from {{ this }} where contact_id in (select contact_id from {{ ref('int_contacts_to_rebuild') }})
+            delete from {{ this }} where contact_id in ({{ nudge_shared_contacts_of_this_model() }})
         {%- else -%}
             delete from {{ this }} where contact_id in (
                 {{ nudge_contacts_changed_since(last, nudge_wakes(), ref('int_events_stitched'), ref('stg_contacts')) }}
@@ -276,7 +300,8 @@
         model that rebuilds everyone (its first build, a --full-refresh, a clock that moved
         back) does not read it and does not count. -#}
     {%- set none_changed -%}
-        select cast(null as {{ dbt.type_string() }}) as contact_id where 1 = 0
+        select cast(null as {{ dbt.type_string() }}) as contact_id, cast(null as {{ dbt.type_string() }}) as wake
+        where 1 = 0
     {%- endset -%}
     {%- set stitched = ref('int_events_stitched') -%}
     {%- set contacts = ref('stg_contacts') -%}
@@ -291,8 +316,7 @@
         {%- set relation = nudge_contact_watermarks_relation(api.Relation.create(database=node.database, schema=node.schema)) -%}
         {%- do watermarks.setdefault(relation | string, {'relation': relation, 'names': []})['names'].append("'" ~ node.alias ~ "'") -%}
         {%- for event_name, duration in ((node.config.meta or {}).get('nudge_wakes') or {}).items() -%}
-            {%- set parsed = nudge_parse_duration(duration) -%}
-            {%- do wakes.update({event_name ~ '|' ~ parsed.amount ~ parsed.datepart: [event_name, duration]}) -%}
+            {%- do wakes.update({nudge_wake_key(event_name, duration): [event_name, duration]}) -%}
         {%- endfor -%}
     {%- endfor -%}
     {%- set builds = [] -%}
@@ -318,7 +342,7 @@
         'events_loaded_until': oldest[1] or '1900-01-01 00:00:00',
         'contacts_loaded_until': oldest[2],
     } -%}
-    {{ return(nudge_contacts_changed_since(last, wakes.values() | list, stitched, contacts)) }}
+    {{ return(nudge_contacts_changed_since(last, wakes.values() | list, stitched, contacts, tagged=true)) }}
 {%- endmacro %}
 
 

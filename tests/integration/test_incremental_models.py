@@ -476,6 +476,21 @@ def test_time_alone_changes_the_planted_contacts_between_t0_and_t3(runs, model):
     assert member == {"full_t0": not joins, "full_t3": joins, "replayed_t0": not joins, "incremental_t3": joins}
 
 
+@pytest.mark.parametrize("model", sorted(WAKING))
+def test_a_contact_only_time_brought_back_is_rebuilt_by_the_models_with_that_rule(runs, model):
+    # At T3 nothing of the planted contact's happened since T0: only time rules bring it into the
+    # rebuild scope, tagged with the rule. This model rebuilds it (its own rule); a model with no
+    # rules (int_carts) rebuilds only the contacts every model shares.
+    contact, _ = WAKING[model]
+    wakes = {wake for (wake,) in runs.query(
+        f"select wake from incremental_t3.int_contacts_to_rebuild where contact_id = '{contact}'"
+    )}
+    assert wakes and None not in wakes
+    assert any(f"'{wake}'" in runs.compiled["incremental_t3"][model] for wake in wakes)
+    carts = runs.compiled["incremental_t3"]["int_carts"]
+    assert "where wake is null" in carts and "wake in (" not in carts
+
+
 def test_the_compared_models_are_populated(runs):
     triggers = [model for model in runs.compared if model.startswith("trg_")]
     assert len(triggers) >= 9

@@ -17,7 +17,9 @@ changed as (
 
 final as (
 
-    select distinct cast(contact_id as {{ dbt.type_string() }}) as contact_id
+    select distinct
+        cast(contact_id as {{ dbt.type_string() }}) as contact_id,
+        cast(wake as {{ dbt.type_string() }}) as wake
     from changed
     -- an anonymous id nobody has identified as yet belongs to no contact
     where contact_id is not null

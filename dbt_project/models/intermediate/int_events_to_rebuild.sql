@@ -10,7 +10,8 @@ with
 
 contacts_to_rebuild as (
 
-    select * from {{ ref('int_contacts_to_rebuild') }}
+    -- a contact once, whichever rules brought it
+    select distinct contact_id from {{ ref('int_contacts_to_rebuild') }}
 
 ),
 
