@@ -44,6 +44,10 @@ def default_base_dir() -> str:
     return os.path.join(home, "history", "runs")
 
 
+# Set in a pooled connection's info once it syncs less.
+_SYNC_NORMAL = "nudge_synchronous_normal"
+
+
 def _sync_less_in_wal_mode(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     """On each checkout, until the connection has it: Dagster turns a new file to WAL on a
     connection that then stays in the pool."""
@@ -58,9 +62,6 @@ def _sync_less_in_wal_mode(dbapi_connection: Any, record: Any, _proxy: Any) -> N
             record.info[_SYNC_NORMAL] = True
     finally:
         cursor.close()
-
-
-_SYNC_NORMAL = "nudge_synchronous_normal"
 
 
 class NudgeSqliteEventLogStorage(SqliteEventLogStorage):
