@@ -130,15 +130,7 @@ def record(
     DuckDB would refuse everything after the failed insert."""
     if not entries:
         return
-    incoming = _frame(entries)  # noqa: F841  (read by DuckDB by name)
-    params = {"as_of": as_of, "now": now}
-    if new:
-        try:
-            con.execute(_insert_sql("incoming"), params)
-            return
-        except duckdb.ConstraintException:
-            pass  # nothing of it was written: one statement, rolled back whole
-    con.execute(_record_sql("incoming"), params)
+    _write(con, "incoming", {"as_of": as_of, "now": now}, new=new, incoming=_frame(entries))
 
 
 def record_query(
@@ -154,14 +146,21 @@ def record_query(
     for verdicts decided in SQL, which never pass through Python. `new` as for `record`."""
     # No `returning`: handing the written rows back doubled the statement (1.6M skips of a cold
     # tick: 5 s without it, 8.5 to 10 s with it).
-    params = {**params, "as_of": as_of, "now": now}
+    _write(con, f"({query})", {**params, "as_of": as_of, "now": now}, new=new)
+
+
+def _write(
+    con: duckdb.DuckDBPyConnection, source: str, params: dict[str, object], *, new: bool, incoming: pa.Table | None = None
+) -> None:
+    """Insert `source`'s rows plainly when `new`, else (or if one has a row after all) upsert them.
+    `incoming`, when given, is what `source` names: DuckDB reads it from this frame by its name."""
     if new:
         try:
-            con.execute(_insert_sql(f"({query})"), params)
+            con.execute(_insert_sql(source), params)
             return
         except duckdb.ConstraintException:
             pass  # nothing of it was written: one statement, rolled back whole
-    con.execute(_record_sql(f"({query})"), params)
+    con.execute(_record_sql(source), params)
 
 
 def _insert_sql(source: str) -> str:

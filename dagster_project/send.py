@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import parseaddr
 from functools import lru_cache
@@ -328,11 +328,10 @@ def _record_sql_verdicts(
 def _candidate_params(
     automation: Automation, as_of: datetime, redeliver_pending: bool, marketing_automations: Sequence[str]
 ) -> dict[str, Any]:
-    send_window = automation.send_window
     params: dict[str, Any] = {
         "automation": automation.name,
         "as_of": as_of,
-        "send_window_us": (send_window.days * 86_400 + send_window.seconds) * 1_000_000 + send_window.microseconds,
+        "send_window_us": automation.send_window // timedelta(microseconds=1),
         "redeliver_pending": redeliver_pending,
         "marketing_automations": list(marketing_automations),
         "unsubscribe_list": MARKETING_LIST,
