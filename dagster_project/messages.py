@@ -328,6 +328,69 @@ def _alternative(headers: list[tuple[str, BaseHeader | str]], text: str, html: s
     return message, serialized
 
 
+# A message made in another process (dagster_project.composing) crosses over as the bytes compose()
+# verified and its envelope: pickling the message itself costs more than composing it (every header
+# object is rebuilt through a class made anew). This side gets the message back from those bytes as
+# the email package's parser would hold it, headers as their folded text, parsed when read, without
+# running that parser (its pure Python is most of a millisecond a message): the bytes are known to
+# have compose()'s shape, a header block, then the two parts of a multipart/alternative.
+Portable = tuple[bytes, tuple[str, list[str]]]
+_BOUNDARY_PARAMETER = re.compile(r'\bboundary="([^"]+)"')
+
+
+def portable(message: EmailMessage) -> Portable:
+    """What `from_portable` makes `message` again from: its bytes and envelope."""
+    data = getattr(message, COMPOSED_BYTES, None)
+    envelope = getattr(message, COMPOSED_ENVELOPE, None)
+    if data is None or envelope is None:
+        raise ValueError("only a message compose() made can cross to another process")
+    return data, envelope
+
+
+def from_portable(data: bytes, envelope: tuple[str, list[str]]) -> EmailMessage:
+    """The message compose() made of `data`: the same headers, parts and bytes."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    message = EmailMessage(policy=policy.SMTP)
+    message._headers = _stored_headers(head)  # noqa: SLF001 - as the parser stores them
+    content_type = next((value for name, value in message._headers if name.lower() == "content-type"), "")  # noqa: SLF001
+    boundary = _BOUNDARY_PARAMETER.search(content_type)
+    if boundary is None:
+        raise ValueError("not a message compose() made: no multipart boundary")
+    delimiter = f"--{boundary.group(1)}".encode("ascii")
+    opening, closing = delimiter + b"\r\n", b"\r\n" + delimiter + b"--\r\n"
+    if not (body.startswith(opening) and body.endswith(closing)):
+        raise ValueError("not a message compose() made: its parts are not where compose() puts them")
+    # No line of a part starts with the delimiter (compose() chose the boundary so): this split is exact.
+    parts = body[len(opening):-len(closing)].split(b"\r\n" + opening)
+    message.set_payload([_part_from(part) for part in parts])
+    setattr(message, COMPOSED_BYTES, data)
+    setattr(message, COMPOSED_ENVELOPE, envelope)
+    return message
+
+
+def _part_from(data: bytes) -> MIMEPart:
+    head, _, payload = data.partition(b"\r\n\r\n")
+    part = MIMEPart(policy=policy.SMTP)
+    part._headers = _stored_headers(head)  # noqa: SLF001
+    # compose()'s payloads hold "\n" alone, written out as CRLF (_crlf): undone exactly.
+    part.set_payload(payload.decode("ascii", "surrogateescape").replace("\r\n", "\n"))
+    return part
+
+
+def _stored_headers(block: bytes) -> list[tuple[str, str]]:
+    """(name, value) as EmailPolicy.header_source_parse stores a header read from `block` (no
+    trailing CRLF): the value after the colon and its blanks, continuation lines joined by CRLF."""
+    headers: list[tuple[str, str]] = []
+    for line in block.decode("ascii", "surrogateescape").split("\r\n"):
+        if line[:1] in (" ", "\t") and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value}\r\n{line}")
+        else:
+            name, _, value = line.partition(":")
+            headers.append((name, value.lstrip(" \t")))
+    return headers
+
+
 def _opens_a_line(boundary: str, body: bytes) -> bool:
     delimiter = b"--" + boundary.encode()
     return body.startswith(delimiter) or b"\n" + delimiter in body

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from email import policy
+from email.headerregistry import BaseHeader
 from email.message import EmailMessage
 from types import TracebackType
 
@@ -91,11 +92,15 @@ class EmailBackend(ABC):
 
 
 def stored_header(message: EmailMessage, name: str) -> str | None:
-    """A header's value as the message holds it, without parsing it into a header object (the
+    """A header's value as text, without parsing it into a header object where it needs none (the
     email package's parser is slow, and compose() stores plain values as plain strings)."""
     wanted = name.lower()
     for key, value in message.raw_items():
         if key.lower() == wanted:
+            if not isinstance(value, BaseHeader) and "=?" in value:
+                # Text as read from bytes, with RFC 2047 encoded words: their decoded text. (compose()
+                # never stores a plain string holding "=?", so only a message read from bytes gets here.)
+                return str(message.policy.header_fetch_parse(key, value))
             # a header object's str is its value; a stored string may be folded over lines
             return "".join(str(value).splitlines())
     return None
