@@ -25,13 +25,15 @@ import jinja2
 
 from bench.figures import Figure
 from bench.smtp_sink import smtp_sink
-from dagster_project.automations import Automation, Policy, find_node, project_automations
+from dagster_project.automations import Automation, Policy, project_automations
 from dagster_project.backends import backend_from_url
 from dagster_project.backends.base import EmailBackend
+from dagster_project.composing import message_for, template_variables
 from dagster_project.ledger import LEDGER_TABLE
 from dagster_project.policies import Candidate
 from dagster_project.rendering import EmailTemplate
-from dagster_project.send import SendConfig, _message, send_automation, template_variables
+from dagster_project.send import SendConfig, send_automation
+from dagster_project.settings import NudgeSettings
 
 AUTOMATION = "workout_completed"
 BURST = '"bench"."trg_burst"'
@@ -44,6 +46,8 @@ def _config(templates: Path) -> SendConfig:
         templates_dir=templates, sender="Nudge Fitness <hello@nudge.example>",
         postal_address="1 Example Street, Springfield", unsubscribe_url="https://nudge.example/unsubscribe",
         unsubscribe_mailto="unsubscribe@nudge.example", unsubscribe_secret="bench",
+        # As a tick on this machine would send (NUDGE_COMPOSE_PROCESSES, by default one where a core is spare).
+        compose_processes=NudgeSettings().compose_processes,
     )
 
 
@@ -166,7 +170,7 @@ def bench_sending(work: Path, source_warehouse: Path, dbt_project: Path, templat
         # The bare loop's messages: the same ones, rendered and composed before the clock starts.
         template = EmailTemplate.load(templates, automation.template, category=automation.category)
         some = candidates[:BARE_SMTP_MESSAGES]
-        data = [_message(candidate, automation, template, config, as_of, as_of).as_bytes(policy=email_policy.SMTP)
+        data = [message_for(candidate, automation, template, config, as_of, as_of).as_bytes(policy=email_policy.SMTP)
                 for candidate in some]
         recipients = [candidate.email for candidate in some]
         for connections in SMTP_CONNECTIONS:

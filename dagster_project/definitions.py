@@ -96,6 +96,7 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
                 ),
                 batch_size=settings.send_batch_size,
                 unsubscribe_journal=str(settings.unsubscribe_journal),
+                compose_processes=settings.compose_processes,
             ),
         },
     )

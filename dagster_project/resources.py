@@ -38,6 +38,7 @@ class SendSettings(dg.ConfigurableResource):
     unsubscribe_secret: str
     batch_size: int = 100
     unsubscribe_journal: str | None = None
+    compose_processes: int = 0
 
     def __repr_args__(self):  # noqa: ANN204 - pydantic's hook behind repr() and str()
         for name, value in super().__repr_args__():
@@ -53,4 +54,5 @@ class SendSettings(dg.ConfigurableResource):
             unsubscribe_secret=self.unsubscribe_secret,
             batch_size=self.batch_size,
             unsubscribe_journal=Path(self.unsubscribe_journal) if self.unsubscribe_journal else None,
+            compose_processes=self.compose_processes,
         )

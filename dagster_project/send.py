@@ -8,19 +8,15 @@ as one Dagster asset per automation.
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import parseaddr
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -50,9 +46,17 @@ from dagster_project.ledger import (
     record_query,
     withdraw,
 )
-from dagster_project.messages import compose, message_id, sender_domain
+from dagster_project.composing import (
+    MARKETING_LIST,
+    ComposedBatch,
+    ComposeJob,
+    Composers,
+    SendConfig,
+    message_or_reason,
+)
+from dagster_project.messages import message_id, sender_domain
 from dagster_project.policies import Candidate, TickState, Verdict, decide
-from dagster_project.rendering import EmailTemplate, RenderError
+from dagster_project.rendering import EmailTemplate
 from dagster_project.suppressions import (
     UNSUBSCRIBES_TABLE,
     UnsubscribeGuard,
@@ -60,30 +64,10 @@ from dagster_project.suppressions import (
     ensure_unsubscribes,
     move_to_warehouse,
 )
-from dagster_project.unsubscribe import UnsubscribeLinks, make_token, unsubscribe_links
 
-MARKETING_LIST = "marketing"
-
-
-@dataclass(frozen=True)
-class SendConfig:
-    templates_dir: Path
-    sender: str
-    postal_address: str
-    unsubscribe_url: str
-    unsubscribe_mailto: str
-    unsubscribe_secret: str = field(repr=False)
-    batch_size: int = 100
-    # Rows per batch for a backend on this machine that dedupes by Message-ID (file://, null://): a
-    # crash there leaves nothing `unknown`, only claims the next tick writes again under the same
-    # Message-ID, and no server's pace or limits are outrun by a long batch. So its batches are
-    # larger, and the ledger's statements (a few ms each, 30 to 40 ms on a big ledger, whatever
-    # their size) are paid once per this many messages.
-    local_batch_size: int = 1000
-    # The journal `nudge serve` appends unsubscribes to; None where no endpoint runs (then
-    # nudge.unsubscribes alone says who left).
-    unsubscribe_journal: Path | None = None
-
+# Below this many candidates for Python to decide, a send renders on its own thread: a worker
+# process costs a quarter of a second to start, what about a thousand messages take to render.
+COMPOSE_IN_PROCESSES_FROM = 1_000
 
 @dataclass
 class SendReport:
@@ -386,74 +370,6 @@ def _batch_size(config: SendConfig, backend: EmailBackend) -> int:
     return config.batch_size
 
 
-def _unsubscribe(candidate: Candidate, automation: Automation, config: SendConfig) -> UnsubscribeLinks | None:
-    """Marketing mail carries a signed one-click unsubscribe; transactional mail none."""
-    if not automation.is_marketing:
-        return None
-    token = make_token(config.unsubscribe_secret, candidate.contact_id, MARKETING_LIST)
-    return unsubscribe_links(config.unsubscribe_url, config.unsubscribe_mailto, token)
-
-
-def template_variables(candidate: Candidate, automation: Automation, config: SendConfig, as_of: datetime) -> dict[str, Any]:
-    return _variables(candidate, automation, config, as_of, _unsubscribe(candidate, automation, config))
-
-
-def _variables(
-    candidate: Candidate, automation: Automation, config: SendConfig, as_of: datetime, links: UnsubscribeLinks | None
-) -> dict[str, Any]:
-    unsubscribe_url = links.https if links else ""
-    sender = automation.sender or config.sender
-    return {
-        "contact": {
-            "contact_id": candidate.contact_id,
-            "email": candidate.email,
-            "first_name": candidate.first_name,
-            "last_name": candidate.last_name,
-            "timezone": candidate.timezone,
-            "properties": json.loads(candidate.properties or "{}"),
-        },
-        "context": json.loads(candidate.context or "{}"),
-        "automation": automation.name,
-        "unsubscribe_url": unsubscribe_url,
-        "postal_address": config.postal_address,
-        "sender_name": _sender_name(sender),
-        "as_of": as_of,
-    }
-
-
-@lru_cache(maxsize=64)
-def _sender_name(sender: str) -> str:
-    return parseaddr(sender)[0] or sender
-
-
-def _message(
-    candidate: Candidate,
-    automation: Automation,
-    template: EmailTemplate,
-    config: SendConfig,
-    as_of: datetime,
-    now: datetime,
-) -> EmailMessage:
-    """Render and compose one message; RenderError or ValueError for this contact only."""
-    sender = automation.sender or config.sender
-    # The same signed links in the body and in the List-Unsubscribe headers, signed once.
-    links = _unsubscribe(candidate, automation, config)
-    try:
-        variables = _variables(candidate, automation, config, as_of, links)
-    except json.JSONDecodeError as error:
-        raise RenderError(f"the trigger's context or the contact's properties are not JSON: {error}") from None
-    rendered = template.render(variables)
-    return compose(
-        rendered=rendered,
-        sender=sender,
-        recipient=candidate.email or "",
-        automation=automation.name,
-        message_id=message_id(automation.name, candidate.trigger_key, sender_domain(sender)),
-        date=now,
-        unsubscribe=links,
-    )
-
-
 def _entry(candidate: Candidate, automation: Automation, config: SendConfig, verdict: Verdict, subject: str | None) -> Entry:
     sender = automation.sender or config.sender
     return Entry(
@@ -550,15 +466,23 @@ def send_automation(
             UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard,
             _Handover(backend) as handover,
             _Undelivered(con, as_of, clock) as undelivered,
+            ExitStack() as workers,
         ):
             batches = _batches(reader, to_decide, _batch_size(config, backend))
+            composers: Composers | None = None
 
             def decide_next() -> _Decisions | None:
+                nonlocal composers
                 following = next(batches, None)
                 if following is None:
                     return None
-                return _Decisions(following[0], following[1], automation, template, config, as_of, policy, state,
-                                  guard, clock)
+                candidates, total = following
+                decisions = _Decisions(candidates, total, automation, template, config, as_of, policy, state,
+                                       guard, clock, composers)
+                if composers is None and config.compose_processes > 0 and total >= COMPOSE_IN_PROCESSES_FROM:
+                    # They start while this first batch is decided here, and take the next ones.
+                    composers = workers.enter_context(Composers(config.compose_processes))
+                return decisions
 
             upcoming = decide_next()
             while upcoming is not None:
@@ -636,9 +560,13 @@ class _Progress:
 
 
 class _Decisions:
-    """One batch's verdicts, and its messages rendered and composed, worked out a candidate at a
-    time (`step`) so that the work can fill the waits of the batch before it; nothing here touches
-    the ledger or the report."""
+    """One batch's verdicts, and its messages rendered and composed; nothing here touches the
+    ledger or the report.
+
+    Without `composers` the work is done a candidate at a time (`step`), so that it can fill the
+    waits of the batch before it. With them, every verdict is reached at once; the workers make
+    their share of the messages while this thread hands the batch before over and then makes the
+    rest (`step`, then `finish`, which collects the workers' share)."""
 
     def __init__(
         self,
@@ -652,6 +580,7 @@ class _Decisions:
         state: TickState,
         guard: UnsubscribeGuard,
         clock: Callable[[], datetime],
+        composers: Composers | None = None,
     ) -> None:
         self.candidates, self.total = candidates, total
         self.automation, self.template, self.config, self.as_of = automation, template, config, as_of
@@ -667,15 +596,38 @@ class _Decisions:
         guard.refresh()
         self._next = 0
         self._error: BaseException | None = None
+        # With composers: every verdict, in order (TickState counts each pending one as it is reached,
+        # as one at a time would); the messages the workers make, and those left to make here.
+        self._verdicts: list[tuple[Candidate, Verdict]] | None = None
+        self._messages: list[EmailMessage | str | None] = []
+        self._here: deque[int] = deque()
+        self._composed: ComposedBatch | None = None
+        if composers is not None:
+            self._verdicts = [self._verdict(candidate) for candidate in candidates]
+            pending = [index for index, (_, verdict) in enumerate(self._verdicts) if verdict.status == Status.PENDING]
+            self._messages = [None] * len(candidates)
+            self._composed = composers.submit(ComposeJob(automation, config, as_of, self.now),
+                                              [self._verdicts[index][0] for index in pending])
+            self._by_workers = pending[:self._composed.taken]
+            self._here.extend(pending[self._composed.taken:])
 
     def step(self) -> bool:
-        """Decide one more candidate; False when there is none left (or deciding failed: finish raises)."""
-        if self._next >= len(self.candidates) or self._error is not None:
+        """Decide one more candidate (with composers: make one more message here); False when there is
+        none left (or deciding failed: finish raises)."""
+        if self._error is not None:
             return False
-        candidate = self.candidates[self._next]
-        self._next += 1
         try:
-            self._decide(candidate)
+            if self._verdicts is not None:
+                if not self._here:
+                    return False
+                index = self._here.popleft()
+                self._messages[index] = self._message(self._verdicts[index][0])
+                return True
+            if self._next >= len(self.candidates):
+                return False
+            candidate, verdict = self._verdict(self.candidates[self._next])
+            self._next += 1
+            self._settle(candidate, verdict, self._message(candidate) if verdict.status == Status.PENDING else None)
         except BaseException as error:  # raised by finish(), after the batch being handed over is marked
             self._error = error
             return False
@@ -686,25 +638,35 @@ class _Decisions:
             pass
         if self._error is not None:
             raise self._error
+        if self._verdicts is not None and self._composed is not None:
+            for index, message in zip(self._by_workers, self._composed.result(), strict=True):
+                self._messages[index] = message
+            for (candidate, verdict), message in zip(self._verdicts, self._messages, strict=True):
+                self._settle(candidate, verdict, message)
+            self._composed = None
         return self
 
-    def _decide(self, candidate: Candidate) -> None:
-        automation = self.automation
+    def _message(self, candidate: Candidate) -> EmailMessage | str:
+        return message_or_reason(candidate, self.automation, self.template, self.config, self.as_of, self.now)
+
+    def _verdict(self, candidate: Candidate) -> tuple[Candidate, Verdict]:
         unsubscribed_at = self.guard.unsubscribed_at(candidate.contact_id)
         if unsubscribed_at is not None and candidate.unsubscribed_at is None:
             candidate = dataclasses.replace(candidate, unsubscribed_at=unsubscribed_at)
-        verdict = decide(candidate, automation, as_of=self.as_of, policy=self.policy, state=self.state)
+        verdict = decide(candidate, self.automation, as_of=self.as_of, policy=self.policy, state=self.state)
+        if verdict.status == Status.PENDING and candidate.ledger_status is not None:
+            self.claims_are_new = False
+        return candidate, verdict
+
+    def _settle(self, candidate: Candidate, verdict: Verdict, message: EmailMessage | str | None) -> None:
+        """Record one decision; `message` is the pending candidate's message, or why it has none."""
         subject = None
-        if verdict.status == Status.PENDING:
-            if candidate.ledger_status is not None:
-                self.claims_are_new = False
-            try:
-                message = _message(candidate, automation, self.template, self.config, self.as_of, self.now)
-                subject = stored_header(message, "Subject")
-                self.to_deliver.append((candidate, message))
-            except (RenderError, ValueError) as error:
-                verdict = Verdict(Status.SKIPPED, Reason.TEMPLATE_ERROR, str(error))
-        self.decided.append(_entry(candidate, automation, self.config, verdict, subject))
+        if isinstance(message, str):
+            verdict = Verdict(Status.SKIPPED, Reason.TEMPLATE_ERROR, message)
+        elif message is not None:
+            subject = stored_header(message, "Subject")
+            self.to_deliver.append((candidate, message))
+        self.decided.append(_entry(candidate, self.automation, self.config, verdict, subject))
         if verdict.status == Status.SKIPPED:
             self.skipped[verdict.reason or "unspecified"] += 1
         elif verdict.status == Status.HELD_OUT:

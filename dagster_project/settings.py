@@ -7,6 +7,7 @@ subprocess and the Python steps always agree on which files they touch.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -49,6 +50,10 @@ class NudgeSettings(BaseSettings):
     max_reject_share: float = Field(default=0.05, ge=0, le=1)
     # Rows claimed in the ledger per transaction: the most a crash can leave ambiguous.
     send_batch_size: int = Field(default=100, ge=1)
+    # Processes that render and compose a big send's messages beside the one that hands them over
+    # (dagster_project.composing); 0 makes every message in the send's own process. By default one
+    # where the machine has a core to spare.
+    compose_processes: int = Field(default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0, ge=0)
     # How long a tick waits for another writer of the warehouse before giving up.
     lock_timeout_seconds: float = Field(default=1800, gt=0)
     # DuckDB's memory in each process that opens the warehouse (dbt's and the tick's); past it

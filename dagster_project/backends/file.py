@@ -10,7 +10,7 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
-from .base import BackendUnavailable, Delivery, EmailBackend, message_bytes, message_id_of
+from .base import BackendUnavailable, Delivery, EmailBackend, message_bytes, message_id_of, stored_header
 
 AUTOMATION_HEADER = "X-Nudge-Automation"
 # As tempfile.mkstemp opens its files: a new file only, never through a symbolic link.
@@ -74,7 +74,8 @@ class FileBackend(EmailBackend):
             leftover.unlink(missing_ok=True)
 
     def path_for(self, message: EmailMessage) -> Path:
-        automation = str(message.get(AUTOMATION_HEADER) or "_unassigned").strip()
+        # As stored, not parsed into a header object (a message made in another process holds text).
+        automation = (stored_header(message, AUTOMATION_HEADER) or "_unassigned").strip()
         message_id = message_id_of(message).strip("<>")
         return self.root / safe_filename(automation) / f"{safe_filename(message_id)}.eml"
 
