@@ -4,7 +4,7 @@
         a fresh warehouse: N welcome qualifications, some unsubscribed, without email,
         without a contact, or in the 20% holdout, so every kind of decision occurs
     python -m tests.faults.send_worker --warehouse F --email-url U --as-of T --batch-size N
-        [--die {after-claim,after-send,before-mark}:K]
+        [--die {after-claim,after-send,before-mark}:K] [--compose-processes N]
         one send, as the send asset does it; --die makes the process SIGKILL itself at a
         chosen point (after the claim of batch K, after the backend took message K, right
         before the mark of batch K), so the worst cases are covered deterministically
@@ -171,7 +171,10 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         # The file trials kill inside batches of this size too (the file backend's batches are
         # larger by default).
         local_batch_size=options.batch_size,
+        compose_processes=options.compose_processes,
     )
+    if options.compose_processes:
+        send_module.COMPOSE_IN_PROCESSES_FROM = 1  # workers from the second batch on, however small the send
     con = duckdb.connect(options.warehouse)
     try:
         with backend:
@@ -196,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--die", metavar="POINT:K", help=f"SIGKILL self at one of {', '.join(DIE_POINTS)}")
     parser.add_argument("--journal", metavar="FILE", help="append every committed ledger write (JSON lines)")
+    parser.add_argument("--compose-processes", type=int, default=0, help="render in worker processes (composing.py)")
     parser.add_argument("--serve", action="store_true", help="fork server: JSON commands on stdin")
     return parser
 

@@ -412,10 +412,14 @@ DIE_AT = {
 
 
 # A deduping backend gets every open claim again, so for it the claim-only case adds nothing.
-@pytest.mark.parametrize(("case", "backend"), [(case, "smtp") for case in DIE_AT] + [
-    ("before-mark", "file"), ("after-first-send", "file")])
-def test_a_kill_at_a_chosen_point_leaves_one_batch_open(workers, pristine, decided, slow_sink, tmp_path, case, backend):
+# With compose workers (batches from the second on rendered in another process), the same holds.
+@pytest.mark.parametrize(("case", "backend", "composing"), [(case, "smtp", False) for case in DIE_AT] + [
+    ("before-mark", "file", False), ("after-first-send", "file", False),
+    ("before-mark", "file", True), ("after-first-send", "smtp", True)])
+def test_a_kill_at_a_chosen_point_leaves_one_batch_open(workers, pristine, decided, slow_sink, tmp_path, case, backend,
+                                                        composing):
     die, delivered = DIE_AT[case]
+    composers = ("--compose-processes", "1") if composing else ()
     die = die or f"after-send:{first_send_of_batch(decided, 2)}"
     path, journal, outbox = tmp_path / "w.duckdb", tmp_path / "w.journal", tmp_path / "outbox"
     shutil.copy(pristine, path)
@@ -429,7 +433,7 @@ def test_a_kill_at_a_chosen_point_leaves_one_batch_open(workers, pristine, decid
         settle(slow_sink)
         return {message.message_id for message in slow_sink.messages[first:]}
 
-    answer = workers.run(*worker_args(path, url, journal, "--die", die))
+    answer = workers.run(*worker_args(path, url, journal, "--die", die, *composers))
     assert answer["exit"] == -9, workers.new_output()  # it really died by SIGKILL, at that point
     after = ledger(path)
     assert journal_lost(journal, after) == []
@@ -440,7 +444,7 @@ def test_a_kill_at_a_chosen_point_leaves_one_batch_open(workers, pristine, decid
     went_out = {key for key in pending if after[key][2] in received()}
     assert len(went_out) == {"none": 0, "all": len(pending), "one": 1}[delivered], (went_out, pending)
 
-    again = workers.run(*worker_args(path, url, journal))
+    again = workers.run(*worker_args(path, url, journal, *composers))
     assert again["exit"] == 0, workers.new_output()
     figures = Figures()
     if backend == "smtp":
