@@ -25,8 +25,19 @@ def env(tmp_path_factory, dbt_manifest):
 
 @pytest.fixture(scope="module")
 def first_tick(env):
-    tick = env.tick(EARLIER)
+    # The first tick renders the bigger automations in a compose worker, as a big send does
+    # (from 1,000 candidates): every test below holds for messages made in another process.
+    import dagster_project.send as send_module
+    from dagster_project.composing import Composers
+
+    started: list[int] = []
+    env.settings = env.settings.model_copy(update={"compose_processes": 1})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(send_module, "COMPOSE_IN_PROCESSES_FROM", 20)
+        patch.setattr(send_module, "Composers", lambda processes: started.append(processes) or Composers(processes))
+        tick = env.tick(EARLIER)
     assert tick.success, tick.failures
+    assert started and set(started) == {1}
     return tick
 
 
