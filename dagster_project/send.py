@@ -439,6 +439,10 @@ def send_automation(
     # stay as they are while the ledger is written on `con`.
     reader = con.cursor()
     try:
+        # Nothing written or read on this cursor needs the rows in the order they were made (every
+        # read sorts): DuckDB then writes in parallel. The cold 10M tick's 3.3 million skips took
+        # 9.6 to 9.8 s instead of 11.4 s.
+        reader.execute("set session preserve_insertion_order = false")
         reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", params)
         # Most candidates of a cold tick are history skipped for what the data says alone (stale,
         # exited, unreachable): one statement writes them all, so a tick costs what it sends. None of
