@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from datetime import timedelta
 
@@ -31,13 +32,23 @@ def first_tick(env):
     from dagster_project.composing import Composers
 
     started: list[int] = []
+    frozen_during: list[int] = []
+
+    def composers(processes: int) -> Composers:
+        started.append(processes)
+        frozen_during.append(gc.get_freeze_count())
+        return Composers(processes)
+
     env.settings = env.settings.model_copy(update={"compose_processes": 1})
+    frozen_before = gc.get_freeze_count()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(send_module, "COMPOSE_IN_PROCESSES_FROM", 20)
-        patch.setattr(send_module, "Composers", lambda processes: started.append(processes) or Composers(processes))
+        patch.setattr(send_module, "Composers", composers)
         tick = env.tick(EARLIER)
     assert tick.success, tick.failures
     assert started and set(started) == {1}
+    # What was loaded before the tick is out of the collector's way during it, and back after.
+    assert min(frozen_during) > frozen_before and gc.get_freeze_count() == frozen_before
     return tick
 
 
