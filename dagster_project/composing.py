@@ -367,6 +367,9 @@ def _main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     with answers:
         _serve(sys.stdin.buffer, answers)
+    # Every answer is written and flushed, and nothing else is left to do: leaving without the
+    # interpreter's teardown spares the send waiting for it in close() (65 ms, 4 ms without).
+    os._exit(0)
 
 
 if __name__ == "__main__":
