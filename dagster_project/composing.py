@@ -289,6 +289,8 @@ class Composers:
             raise
         # Each process an equal part to begin with.
         self.share = processes / (processes + 1)
+        # A worker's first job also loads the template and the modules the job names: no measure of its pace.
+        self._first = True
 
     def __enter__(self) -> "Composers":
         return self
@@ -305,10 +307,12 @@ class Composers:
         for start, worker in zip(range(0, taken, per_worker), self._workers):
             worker.submit(job, candidates[start:min(start + per_worker, taken)])
             working.append(worker)
-        return ComposedBatch(self, working, taken)
+        batch = ComposedBatch(self, working, taken, size=len(candidates), first=self._first)
+        self._first = False
+        return batch
 
-    def _balance(self, taken: int, sender_seconds: float, worker_seconds: float) -> None:
-        if taken < self._BALANCE_FROM or sender_seconds <= 0 or worker_seconds <= 0:
+    def _balance(self, size: int, sender_seconds: float, worker_seconds: float) -> None:
+        if size < self._BALANCE_FROM or sender_seconds <= 0 or worker_seconds <= 0:
             return
         # A square root: halfway (in ratio) to where the two would have taken as long.
         self.share = min(1.0, max(0.05, self.share * (sender_seconds / worker_seconds) ** 0.5))
@@ -319,8 +323,9 @@ class Composers:
 
 
 class ComposedBatch:
-    def __init__(self, composers: Composers, workers: list[_Worker], taken: int) -> None:
+    def __init__(self, composers: Composers, workers: list[_Worker], taken: int, *, size: int, first: bool) -> None:
         self._composers, self._workers, self.taken = composers, workers, taken
+        self._size, self._first = size, first
         self._started = time.perf_counter()
 
     def result(self) -> list[EmailMessage | str]:
@@ -328,7 +333,8 @@ class ComposedBatch:
         ComposeFailed if a worker failed or died."""
         sender_seconds = time.perf_counter() - self._started
         answers = [worker.answer() for worker in self._workers]
-        self._composers._balance(self.taken, sender_seconds, max((seconds for _, seconds in answers), default=0.0))
+        if not self._first:
+            self._composers._balance(self._size, sender_seconds, max((seconds for _, seconds in answers), default=0.0))
         return [outcome for messages, _ in answers for outcome in messages]
 
 

@@ -438,12 +438,15 @@ def send_automation(
     # history are most of a send's SQL), into a temporary table of a cursor of their own: its rows
     # stay as they are while the ledger is written on `con`.
     reader = con.cursor()
-    try:
+    with ExitStack() as closing:
+        closing.callback(reader.close)
         # Nothing written or read on this cursor needs the rows in the order they were made (every
         # read sorts): DuckDB then writes in parallel. The cold 10M tick's 3.3 million skips took
         # 9.6 to 9.8 s instead of 11.4 s.
         reader.execute("set session preserve_insertion_order = false")
         reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", params)
+        # Started now, compose workers are ready by the first batch: they start while the skips are written.
+        composers = _start_composers(reader, config, closing)
         # Most candidates of a cold tick are history skipped for what the data says alone (stale,
         # exited, unreachable): one statement writes them all, so a tick costs what it sends. None of
         # them touches TickState, so the rows left for Python are decided as if they had been there.
@@ -470,23 +473,15 @@ def send_automation(
             UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard,
             _Handover(backend) as handover,
             _Undelivered(con, as_of, clock) as undelivered,
-            ExitStack() as workers,
         ):
             batches = _batches(reader, to_decide, _batch_size(config, backend))
-            composers: Composers | None = None
 
             def decide_next() -> _Decisions | None:
-                nonlocal composers
                 following = next(batches, None)
                 if following is None:
                     return None
-                candidates, total = following
-                decisions = _Decisions(candidates, total, automation, template, config, as_of, policy, state,
-                                       guard, clock, composers)
-                if composers is None and config.compose_processes > 0 and total >= COMPOSE_IN_PROCESSES_FROM:
-                    # They start while this first batch is decided here, and take the next ones.
-                    composers = workers.enter_context(Composers(config.compose_processes))
-                return decisions
+                return _Decisions(following[0], following[1], automation, template, config, as_of, policy, state,
+                                  guard, clock, composers)
 
             upcoming = decide_next()
             while upcoming is not None:
@@ -498,13 +493,22 @@ def send_automation(
                             idle=upcoming.step if upcoming is not None else None)
                 progress.update(report, decisions.total)
         progress.finish(report)
-    finally:
-        reader.close()
     return report
 
 
 # A temporary table: each connection (here, each send's own cursor) has its own.
 _CANDIDATES = "nudge_candidates"
+
+
+def _start_composers(reader: duckdb.DuckDBPyConnection, config: SendConfig, closing: ExitStack) -> Composers | None:
+    """Worker processes for a send with COMPOSE_IN_PROCESSES_FROM candidates or more for Python to
+    decide (closed with `closing`); None for a smaller one, or where none are configured."""
+    if config.compose_processes < 1:
+        return None
+    ((to_decide,),) = reader.execute(f"select count(*) from {_CANDIDATES} where verdict_reason is null").fetchall()
+    if to_decide < COMPOSE_IN_PROCESSES_FROM:
+        return None
+    return closing.enter_context(Composers(config.compose_processes))
 
 
 # Who else wants to see a long send move (`nudge run` puts the lines in its spinner): called with

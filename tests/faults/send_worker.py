@@ -174,7 +174,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         compose_processes=options.compose_processes,
     )
     if options.compose_processes:
-        send_module.COMPOSE_IN_PROCESSES_FROM = 1  # workers from the second batch on, however small the send
+        send_module.COMPOSE_IN_PROCESSES_FROM = 1  # workers however small the send
     con = duckdb.connect(options.warehouse)
     try:
         with backend:

@@ -412,7 +412,7 @@ DIE_AT = {
 
 
 # A deduping backend gets every open claim again, so for it the claim-only case adds nothing.
-# With compose workers (batches from the second on rendered in another process), the same holds.
+# With compose workers (a share of every batch rendered in another process), the same holds.
 @pytest.mark.parametrize(("case", "backend", "composing"), [(case, "smtp", False) for case in DIE_AT] + [
     ("before-mark", "file", False), ("after-first-send", "file", False),
     ("before-mark", "file", True), ("after-first-send", "smtp", True)])

@@ -75,18 +75,33 @@ def test_workers_make_the_messages_this_process_would_in_order(processes):
 def test_the_share_moves_toward_the_side_that_waited():
     with Composers(1) as composers:
         composers.share = 0.5
-        composers._balance(taken=500, sender_seconds=0.1, worker_seconds=0.4)  # the sender waited: less to the worker
+        composers._balance(size=500, sender_seconds=0.1, worker_seconds=0.4)  # the sender waited: less to the worker
         assert composers.share == pytest.approx(0.25)
-        composers._balance(taken=500, sender_seconds=0.4, worker_seconds=0.1)  # the worker waited: more
+        composers._balance(size=500, sender_seconds=0.4, worker_seconds=0.1)  # the worker waited: more
         assert composers.share == pytest.approx(0.5)
-        composers._balance(taken=10, sender_seconds=1.0, worker_seconds=0.01)  # too small a batch to tell
+        composers._balance(size=10, sender_seconds=1.0, worker_seconds=0.01)  # too small a batch to tell
         assert composers.share == pytest.approx(0.5)
         for _ in range(20):
-            composers._balance(taken=500, sender_seconds=0.01, worker_seconds=1.0)
+            composers._balance(size=500, sender_seconds=0.01, worker_seconds=1.0)
         assert composers.share == 0.05  # never nothing: the worker's pace stays known
         for _ in range(20):
-            composers._balance(taken=500, sender_seconds=1.0, worker_seconds=0.01)
+            composers._balance(size=500, sender_seconds=1.0, worker_seconds=0.01)
         assert composers.share == 1.0
+
+
+def test_the_share_is_balanced_by_the_batchs_size_not_the_workers_part_of_it():
+    # A share of 0.1 of a 100-candidate batch is 10 for the worker: still a batch worth measuring.
+    job = ComposeJob(WELCOME, CONFIG, AS_OF, NOW)
+    many = [candidate(number) for number in range(100)]
+    with Composers(1) as composers:
+        composers.share = 0.5
+        composers.submit(job, many).result()  # the worker's first job loads the template: not measured
+        assert composers.share == 0.5
+        composers.share = 0.1
+        batch = composers.submit(job, many)
+        assert batch.taken == 10
+        batch.result()  # asked at once, so the sender waited: the worker gets less
+        assert composers.share < 0.1
 
 
 def test_a_worker_that_fails_says_why():
@@ -147,27 +162,27 @@ def test_a_worker_dying_mid_send_stops_it_before_the_batch_it_held_is_claimed(tm
     submit = Composers.submit
     calls = []
 
-    def die_before_the_third_batch(composers: Composers, job, candidates):
+    def die_before_the_second_batch(composers: Composers, job, candidates):
         calls.append(len(candidates))
-        if len(calls) == 2:  # batches 2 and 3 go to the worker (the first is made here while it starts)
+        if len(calls) == 2:
             for worker in composers._workers:
                 worker.process.kill()
                 worker.process.wait()
         return submit(composers, job, candidates)
 
-    monkeypatch.setattr(Composers, "submit", die_before_the_third_batch)
+    monkeypatch.setattr(Composers, "submit", die_before_the_second_batch)
     with pytest.raises(ComposeFailed, match="exited with code -9"):
         send(con, tmp_path / "outbox", processes=1)
 
     rows = ledger(con)
-    # The first batch, made here, and the second, made by the worker, went out; the third never
-    # reached the worker: never claimed, so nothing pending and nothing of it in the outbox.
-    assert sorted(row[0] for row in rows.values()) == ["sent"] * 10
-    assert len(outbox_files(tmp_path / "outbox")) == 10
+    # The first batch, made partly by the worker, went out; the second never reached it: never
+    # claimed, so nothing pending and nothing of it in the outbox.
+    assert sorted(row[0] for row in rows.values()) == ["sent"] * 5
+    assert len(outbox_files(tmp_path / "outbox")) == 5
 
     monkeypatch.setattr(Composers, "submit", submit)
     report = send(con, tmp_path / "outbox", processes=1)
-    assert report.sent == len(EMAILS) - 10
+    assert report.sent == len(EMAILS) - 5
     assert {row[:3] for row in ledger(con).values()} == {("sent", None, 1)}
     assert len(ledger(con)) == len(outbox_files(tmp_path / "outbox")) == len(EMAILS)
 
