@@ -65,9 +65,10 @@ from dagster_project.suppressions import (
     move_to_warehouse,
 )
 
-# Below this many candidates for Python to decide, a send renders on its own thread: a worker
-# process costs a quarter of a second to start, what about a thousand messages take to render.
+# Below this many candidates for Python to decide, a send renders in its own process: a worker
+# takes about a third of a second of a core to start, what a thousand messages take to render.
 COMPOSE_IN_PROCESSES_FROM = 1_000
+
 
 @dataclass
 class SendReport:
@@ -610,14 +611,19 @@ class _Decisions:
         self._messages: list[EmailMessage | str | None] = []
         self._here: deque[int] = deque()
         self._composed: ComposedBatch | None = None
+        self._by_workers: list[int] = []
         if composers is not None:
-            self._verdicts = [self._verdict(candidate) for candidate in candidates]
-            pending = [index for index, (_, verdict) in enumerate(self._verdicts) if verdict.status == Status.PENDING]
-            self._messages = [None] * len(candidates)
-            self._composed = composers.submit(ComposeJob(automation, config, as_of, self.now),
-                                              [self._verdicts[index][0] for index in pending])
-            self._by_workers = pending[:self._composed.taken]
-            self._here.extend(pending[self._composed.taken:])
+            try:
+                self._verdicts = [self._verdict(candidate) for candidate in candidates]
+                pending = [index for index, (_, verdict) in enumerate(self._verdicts)
+                           if verdict.status == Status.PENDING]
+                self._messages = [None] * len(candidates)
+                self._composed = composers.submit(ComposeJob(automation, config, as_of, self.now),
+                                                  [self._verdicts[index][0] for index in pending])
+                self._by_workers = pending[:self._composed.taken]
+                self._here.extend(pending[self._composed.taken:])
+            except BaseException as error:  # raised by finish(), as step() defers its own
+                self._error = error
 
     def step(self) -> bool:
         """Decide one more candidate (with composers: make one more message here); False when there is
