@@ -10,10 +10,10 @@ import duckdb
 
 from dagster_project.automations import find_node, project_automations, relation_of
 from dagster_project.clock import parse_as_of
+from dagster_project.composing import template_variables
 from dagster_project.dbt_assets import dbt_project, load_manifest
 from dagster_project.policies import Candidate
 from dagster_project.rendering import EmailTemplate, RenderedEmail
-from dagster_project.composing import template_variables
 from dagster_project.send import SendConfig
 from dagster_project.settings import NudgeSettings
 from dagster_project.warehouse import connect
