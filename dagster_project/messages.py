@@ -24,7 +24,7 @@ from email.message import EmailMessage, MIMEPart
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
 
-from .backends.base import COMPOSED_BYTES, COMPOSED_ENVELOPE
+from .backends.base import COMPOSED_BYTES, COMPOSED_ENVELOPE, composed_bytes
 from .rendering import RenderedEmail, one_line
 from .unsubscribe import UnsubscribeLinks
 
@@ -340,8 +340,7 @@ _BOUNDARY_PARAMETER = re.compile(r'\bboundary="([^"]+)"')
 
 def portable(message: EmailMessage) -> Portable:
     """What `from_portable` makes `message` again from: its bytes and envelope."""
-    data = getattr(message, COMPOSED_BYTES, None)
-    envelope = getattr(message, COMPOSED_ENVELOPE, None)
+    data, envelope = composed_bytes(message), getattr(message, COMPOSED_ENVELOPE, None)
     if data is None or envelope is None:
         raise ValueError("only a message compose() made can cross to another process")
     return data, envelope
