@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from dagster_project.ingest import (
     INGEST_ASSETS,
     REJECT_SHARE_CHECK,
     LandingFiles,
+    RAW_EVENTS_COLUMNS,
     ensure_raw_tables,
     ingest_contacts,
     ingest_events,
@@ -256,23 +258,27 @@ def test_a_duplicate_id_inside_one_file_keeps_the_first(tmp_path, con):
 
 @pytest.fixture
 def small_units(monkeypatch):
-    """Every path of the bulk insert at a size a test can reach: an insert per chunk, and ids looked up
-    in the primary key's index two at a time."""
+    """Every path of the bulk insert at a size a test can reach: an insert per chunk, each deduped
+    against the rows the ones before stored in the same transaction."""
     monkeypatch.setattr(ingest_module, "INSERT_EVERY_ROWS", 1)
-    monkeypatch.setattr(ingest_module, "LOOKUP_SHARE", 0)
-    monkeypatch.setattr(ingest_module, "LOOKUP_IDS", 2)
 
 
-def test_ids_looked_up_in_the_index_dedupe_like_the_hash_join(landing, sample, con, tmp_path, small_units, monkeypatch):
+def distinct_ids(con) -> bool:
+    """raw.events has no key: only the ingest keeps its ids unique."""
+    ((rows, ids),) = con.execute("select count(*), count(distinct event_id) from raw.events").fetchall()
+    return rows == ids
+
+
+def test_an_insert_per_chunk_dedupes_like_one_bulk_insert(landing, sample, con, tmp_path, small_units, monkeypatch):
     _, summary = sample
     report = ingest_events(con, landing)
     assert (report.rows_loaded, report.rows_duplicate) == (summary.events, summary.duplicate_event_rows)
     with duckdb.connect(str(tmp_path / "bulk.duckdb")) as bulk, monkeypatch.context() as defaults:
         defaults.setattr(ingest_module, "INSERT_EVERY_ROWS", 250_000)
-        defaults.setattr(ingest_module, "LOOKUP_SHARE", 2_048)
         ingest_events(bulk, landing)
         stored = "select * exclude (loaded_at) from raw.events order by event_id"
         assert table(con, stored).equals(table(bulk, stored))
+        assert distinct_ids(con) and distinct_ids(bulk)
     before = snapshot(con)
     # a re-sent file and a grown one against the stored table: only the new lines count
     path = sorted((landing / "events").glob("*.jsonl"))[-1]
@@ -284,6 +290,7 @@ def test_ids_looked_up_in_the_index_dedupe_like_the_hash_join(landing, sample, c
     again = ingest_events(con, landing)
     assert again.rows_loaded == 1
     assert count(con, "select count(*) from raw.events") == before["events"].height + 1
+    assert distinct_ids(con)
 
 
 def test_the_first_row_of_an_id_wins_across_files_and_inserts(tmp_path, con, small_units):
@@ -403,6 +410,35 @@ def test_an_error_while_checking_fails_the_load_and_commits_nothing(landing, con
     assert count(con, "select count(*) from raw.loaded_files") == 0
 
 
+
+def test_an_error_in_an_insert_running_beside_the_checks_fails_the_load_and_commits_nothing(
+    landing, sample, con, small_units, monkeypatch
+):
+    """Inserts run on a thread of their own while the next chunk is checked: a failure there still
+    reaches the caller, after which nothing of the batch is stored, and the next load stores it all."""
+    _, summary = sample
+    inserts = []
+    insert_events = ingest_module._insert_events
+
+    def failing(*args):
+        inserts.append(threading.current_thread().name)
+        if len(inserts) == 2:
+            raise RuntimeError("the disk is full")
+        return insert_events(*args)
+
+    monkeypatch.setattr(ingest_module, "_insert_events", failing)
+    with pytest.raises(RuntimeError, match="the disk is full"):
+        ingest_events(con, landing)
+    assert inserts[0] != threading.current_thread().name
+    assert count(con, "select count(*) from raw.events") == 0
+    assert count(con, "select count(*) from raw.loaded_files") == 0
+    assert count(con, "select count(*) from raw.rejected_rows") == 0
+
+    monkeypatch.setattr(ingest_module, "_insert_events", insert_events)
+    report = ingest_events(con, landing)
+    assert (report.rows_loaded, report.rows_duplicate) == (summary.events, summary.duplicate_event_rows)
+    assert distinct_ids(con)
+
 # --- anonymous events ----------------------------------------------------------------------------
 
 ANONYMOUS_EVENTS = [
@@ -497,6 +533,14 @@ def columns_of(con, table_name: str) -> list[tuple]:
     ).fetchall()
 
 
+def constraints_of(con, table_name: str) -> list[tuple]:
+    return con.execute(
+        "select constraint_type, constraint_column_names from duckdb_constraints() "
+        "where schema_name = 'raw' and table_name = ? order by constraint_index",
+        [table_name],
+    ).fetchall()
+
+
 def test_a_warehouse_from_before_anonymous_events_is_migrated_in_place(tmp_path, con):
     con.execute(OLD_RAW_EVENTS_DDL)
     landing = tmp_path / "landing"
@@ -513,15 +557,37 @@ def test_a_warehouse_from_before_anonymous_events_is_migrated_in_place(tmp_path,
     ).fetchall()
     assert rows == ANONYMOUS_LOADED
 
-    # a migrated warehouse has exactly the shape of a new one, primary key included
+    # a migrated warehouse has exactly the shape of a new one: its constraints too (the old primary
+    # key is gone), and a re-sent old id is still a duplicate
     with duckdb.connect(str(tmp_path / "fresh.duckdb")) as fresh:
         ensure_raw_tables(fresh)
         assert columns_of(con, "events") == columns_of(fresh, "events")
-    with pytest.raises(duckdb.ConstraintException):
-        con.execute("insert into raw.events (event_id, name, occurred_at, properties, is_syncing) "
-                    "values ('e_old', 'x', '2026-10-01', '{}', false)")
+        assert constraints_of(con, "events") == constraints_of(fresh, "events") == [
+            ("NOT NULL", ["event_id"]), ("NOT NULL", ["name"]), ("NOT NULL", ["occurred_at"]),
+            ("NOT NULL", ["properties"]), ("NOT NULL", ["is_syncing"]),
+        ]
+    write_jsonl(landing / "events" / "resent.jsonl", [
+        {"event_id": "e_old", "contact_id": "c_2", "name": "again", "occurred_at": "2026-10-02T10:00:00Z"}])
+    resent = ingest_events(con, landing)
+    assert (resent.rows_loaded, resent.rows_duplicate) == (0, 1)
     ensure_raw_tables(con)  # and migrating again is a no-op
     assert count(con, "select count(*) from raw.events") == 4
+    assert con.execute("select name from raw.events where event_id = 'e_old'").fetchall() == [("signed_up",)]
+
+
+def test_a_keyed_raw_events_is_rebuilt_without_its_key_keeping_every_row(tmp_path, con, landing, sample):
+    """Warehouses made before session 11 have a primary key on raw.events.event_id."""
+    ingest_events(con, landing)
+    before = table(con, "select * from raw.events order by event_id")
+    keyed = RAW_EVENTS_COLUMNS.replace("event_id varchar not null", "event_id varchar primary key")
+    con.execute("create table raw.keyed as select * from raw.events; drop table raw.events;"
+                f"create table raw.events ({keyed}); insert into raw.events select * from raw.keyed;"
+                "drop table raw.keyed")
+    assert ("PRIMARY KEY", ["event_id"]) in constraints_of(con, "events")
+
+    ensure_raw_tables(con)
+    assert ("PRIMARY KEY", ["event_id"]) not in constraints_of(con, "events")
+    assert table(con, "select * from raw.events order by event_id").equals(before)
 
 
 # --- contacts ------------------------------------------------------------------------------------
