@@ -163,7 +163,7 @@ def bench_size(data: Dataset, work: Path) -> list[Figure]:
                           target=15.0 if label == "10m" else None, detail=_where(incremental)))
     figures.append(Figure(label, "peak RSS of a tick", max(cold.peak_rss_mb, incremental.peak_rss_mb), "MB", None, "",
                           target=1536.0 if label == "10m" else None,
-                          detail=f"cold {cold.peak_rss_mb:,.0f} MB, incremental {incremental.peak_rss_mb:,.0f} MB"))
+                          detail=f"cold {cold.peak_rss_detail}; incremental {incremental.peak_rss_detail}"))
     shutil.rmtree(work / "outbox", ignore_errors=True)
     return figures
 

@@ -44,18 +44,38 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def _descendant_count(pid: int) -> int:
+    count, stack = 0, _children(pid)
+    while stack:
+        count += 1
+        stack.extend(_children(stack.pop()))
+    return count
+
+
 class PeakMemory:
-    """Samples a process tree's resident memory every `interval` seconds; keeps the highest."""
+    """Samples a process tree's resident memory every `interval` seconds; keeps the highest, when it
+    came and how it divided between the process itself and the rest of its tree."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         self.pid, self.interval, self.peak_kib = pid, interval, 0
+        self.peak_at_seconds, self.peak_own_kib, self.peak_descendants = 0.0, 0, 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        started = time.perf_counter()
         while not self._done.is_set():
-            self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid))
+            total = tree_rss_kib(self.pid)
+            if total > self.peak_kib:
+                self.peak_kib, self.peak_at_seconds = total, time.perf_counter() - started
+                self.peak_own_kib = _rss_kib(self.pid)
+                self.peak_descendants = _descendant_count(self.pid)
             self._done.wait(self.interval)
+
+    def describe(self) -> str:
+        return (f"{self.peak_kib / 1024:,.0f} MB at {self.peak_at_seconds:.0f} s: the tick's process "
+                f"{self.peak_own_kib / 1024:,.0f} MB, {self.peak_descendants} processes under it "
+                f"{(self.peak_kib - self.peak_own_kib) / 1024:,.0f} MB")
 
     def __enter__(self) -> "PeakMemory":
         self._thread.start()
@@ -70,6 +90,7 @@ class PeakMemory:
 class TickRun:
     wall_seconds: float
     peak_rss_mb: float
+    peak_rss_detail: str  # when the peak came, and how it divided
     success: bool
     failures: list[str]
     step_seconds: dict[str, float]
@@ -91,7 +112,7 @@ def run_tick_process(as_of: datetime, env: dict[str, str]) -> TickRun:
     if process.returncode != 0 or not out.exists():
         raise RuntimeError(f"the tick as of {as_of} failed:\n{log[-4000:]}")
     result = json.loads(out.read_text())
-    return TickRun(wall_seconds=wall, peak_rss_mb=memory.peak_kib / 1024, **result)
+    return TickRun(wall_seconds=wall, peak_rss_mb=memory.peak_kib / 1024, peak_rss_detail=memory.describe(), **result)
 
 
 def _child(as_of_text: str, out: str) -> None:
