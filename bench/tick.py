@@ -34,22 +34,17 @@ def _rss_kib(pid: int) -> int:
         return 0
 
 
+def _descendants(pid: int) -> list[int]:
+    found, stack = [], _children(pid)
+    while stack:
+        found.append(stack.pop())
+        stack.extend(_children(found[-1]))
+    return found
+
+
 def tree_rss_kib(pid: int) -> int:
     """Resident memory of a process and all its descendants, now."""
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        total += _rss_kib(current)
-        stack.extend(_children(current))
-    return total
-
-
-def _descendant_count(pid: int) -> int:
-    count, stack = 0, _children(pid)
-    while stack:
-        count += 1
-        stack.extend(_children(stack.pop()))
-    return count
+    return _rss_kib(pid) + sum(_rss_kib(descendant) for descendant in _descendants(pid))
 
 
 class PeakMemory:
@@ -69,7 +64,7 @@ class PeakMemory:
             if total > self.peak_kib:
                 self.peak_kib, self.peak_at_seconds = total, time.perf_counter() - started
                 self.peak_own_kib = _rss_kib(self.pid)
-                self.peak_descendants = _descendant_count(self.pid)
+                self.peak_descendants = len(_descendants(self.pid))
             self._done.wait(self.interval)
 
     def describe(self) -> str:
