@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from dagster import AssetExecutionContext
 
 from dagster_project.asset_metadata import query_preview
+from dagster_project.migrations import has_primary_key, rebuild_table, rollback_if_open
 from dagster_project.schemas import validate_contacts, validate_events
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
 
@@ -130,24 +131,9 @@ def _raw_events_is_current(con: duckdb.DuckDBPyConnection) -> bool:
             "where table_schema = 'raw' and table_name = 'events'"
         ).fetchall()
     )
-    keyed = con.execute(
-        "select 1 from duckdb_constraints() "
-        "where schema_name = 'raw' and table_name = 'events' and constraint_type = 'PRIMARY KEY'"
-    ).fetchall()
-    return "anonymous_id" in columns and columns.get("contact_id") == "YES" and not keyed
-
-
-def _rebuild_raw_events(con: duckdb.DuckDBPyConnection) -> None:
-    con.begin()
-    try:
-        con.execute(f"create table raw.events__rebuilt ({RAW_EVENTS_COLUMNS})")
-        con.execute("insert into raw.events__rebuilt by name select * from raw.events")
-        con.execute("drop table raw.events")
-        con.execute("alter table raw.events__rebuilt rename to events")
-        con.commit()
-    except BaseException:
-        _rollback_if_open(con)
-        raise
+    return (
+        "anonymous_id" in columns and columns.get("contact_id") == "YES" and not has_primary_key(con, "raw", "events")
+    )
 
 
 def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -155,7 +141,7 @@ def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(RAW_TABLES_DDL)
     # Checked first, so the common case (already current) writes nothing to the catalog.
     if not _raw_events_is_current(con):
-        _rebuild_raw_events(con)
+        rebuild_table(con, "raw", "events", RAW_EVENTS_COLUMNS)
 
 
 @dataclass
@@ -1042,7 +1028,7 @@ def _load_batch(
         con.commit()
     except BaseException:
         writer.close()  # no insert may still run when the transaction is rolled back
-        _rollback_if_open(con)
+        rollback_if_open(con)
         raise
     writer.close()
     for result in results:
@@ -1072,13 +1058,6 @@ def _load_file(
     return result
 
 
-def _rollback_if_open(con: duckdb.DuckDBPyConnection) -> None:
-    try:
-        con.rollback()
-    except duckdb.TransactionException:
-        pass  # already rolled back: keep the error that brought us here
-
-
 def _unreadable_file(
     con: duckdb.DuckDBPyConnection, table: str, file: _PendingFile, error: BaseException, loaded_at: datetime
 ) -> _FileResult:
@@ -1104,7 +1083,7 @@ def _unreadable_file(
         _record_file(con, table, file.source_file, file.size, file.mtime_ns, result, loaded_at)
         con.commit()
     except BaseException:
-        _rollback_if_open(con)
+        rollback_if_open(con)
         raise
     return result
 

@@ -8,6 +8,7 @@ unclear, and that batch is visible as `pending` on the next run.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -15,6 +16,8 @@ from enum import StrEnum
 
 import duckdb
 import pyarrow as pa
+
+from dagster_project.migrations import has_primary_key, rebuild_table
 
 LEDGER_TABLE = "nudge.messages"
 MAX_ATTEMPTS = 3
@@ -54,9 +57,12 @@ ENTERED = (Status.SENT, Status.PENDING, Status.UNKNOWN, Status.HELD_OUT)
 # Statuses that count against the marketing frequency cap: a message that (may have) reached the inbox.
 CAPPED_STATUSES = (Status.SENT, Status.PENDING, Status.UNKNOWN)
 
-DDL = f"""
-create schema if not exists nudge;
-create table if not exists {LEDGER_TABLE} (
+# No primary key, though (automation, trigger_key) is the key: every row is written by a send
+# holding the warehouse's writer lock, for keys its candidates query found without a row (or
+# with the one row it then updates), and a send refuses candidates that name a key twice
+# before it writes anything. The index cost more than that: a cold 10M tick's 3.3 million
+# skips took 11.0 s to write with it, 5.7 s without.
+LEDGER_COLUMNS = """
     automation   varchar   not null,
     trigger_key  varchar   not null,
     contact_id   varchar   not null,
@@ -72,12 +78,20 @@ create table if not exists {LEDGER_TABLE} (
     sent_at      timestamp,
     updated_at   timestamp not null,
     subject      varchar,
-    held_until   timestamp,
-    primary key (automation, trigger_key)
-);
+    held_until   timestamp
+"""
+
+DDL = f"""
+create schema if not exists nudge;
+create table if not exists {LEDGER_TABLE} ({LEDGER_COLUMNS});
 -- added after the first release: a ledger made before it gains the column
 alter table {LEDGER_TABLE} add column if not exists held_until timestamp;
 """
+
+
+class DuplicateKeys(ValueError):
+    """Decisions that name one (automation, trigger_key) twice: written, they would be two rows,
+    and a claim twice would be two messages."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,13 @@ class Outcome:
 
 
 def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the ledger, or bring an older one up to date (not inside an open transaction)."""
     con.execute(DDL)
+    # Until session 12 the ledger had a primary key, which DuckDB cannot drop in place: rebuilt
+    # once without it, every row kept.
+    schema, table = LEDGER_TABLE.split(".")
+    if has_primary_key(con, schema, table):
+        rebuild_table(con, schema, table, LEDGER_COLUMNS)
 
 
 def _frame(rows: Sequence[object]) -> pa.Table:
@@ -124,12 +144,14 @@ def record(
 ) -> None:
     """Write decisions; a retried `failed` or `held` row is overwritten, its attempts kept.
 
-    `new`: none of the keys has a row yet (as the candidates query found). They are then inserted
-    plainly, in about half the time of the upsert (a few ms a statement); if one has a row after
-    all, the insert fails whole and the upsert writes them. Only outside a transaction: inside one,
-    DuckDB would refuse everything after the failed insert."""
+    `new`: none of the keys has a row yet (as the candidates query found, under the writer lock
+    the send holds). They are then inserted plainly, in about half the time of the merge."""
     if not entries:
         return
+    keys = Counter((entry.automation, entry.trigger_key) for entry in entries)
+    if len(keys) < len(entries):
+        twice = [f"{automation}/{key}" for (automation, key), count in keys.items() if count > 1]
+        raise DuplicateKeys(f"decisions name {len(twice)} keys more than once, among them {', '.join(twice[:3])}")
     _write(con, "incoming", {"as_of": as_of, "now": now}, new=new, incoming=_frame(entries))
 
 
@@ -143,7 +165,8 @@ def record_query(
     new: bool = False,
 ) -> None:
     """`record` for the decisions a query selects (the columns of Entry, by name), in one statement:
-    for verdicts decided in SQL, which never pass through Python. `new` as for `record`."""
+    for verdicts decided in SQL, which never pass through Python. The caller makes sure the query
+    names no key twice (send refuses such candidates); `new` as for `record`."""
     # No `returning`: handing the written rows back doubled the statement (1.6M skips of a cold
     # tick: 5 s without it, 8.5 to 10 s with it).
     _write(con, f"({query})", {**params, "as_of": as_of, "now": now}, new=new)
@@ -152,45 +175,57 @@ def record_query(
 def _write(
     con: duckdb.DuckDBPyConnection, source: str, params: dict[str, object], *, new: bool, incoming: pa.Table | None = None
 ) -> None:
-    """Insert `source`'s rows plainly when `new`, else (or if one has a row after all) upsert them.
+    """Insert `source`'s rows plainly when `new`, else merge them into the ledger by key.
     `incoming`, when given, is what `source` names: DuckDB reads it from this frame by its name."""
-    if new:
-        try:
-            con.execute(_insert_sql(source), params)
-            return
-        except duckdb.ConstraintException:
-            pass  # nothing of it was written: one statement, rolled back whole
-    con.execute(_record_sql(source), params)
+    con.execute(_insert_sql(source) if new else _merge_sql(source), params)
 
 
-def _insert_sql(source: str) -> str:
+_WRITTEN_COLUMNS = (
+    "automation, trigger_key, contact_id, email, message_id, status, reason, error, "
+    "attempts, qualified_at, due_at, decided_at, sent_at, updated_at, subject, held_until"
+)
+
+
+def _decisions_sql(source: str) -> str:
+    """A ledger row for each decision in `source`, as a first decision writes it."""
     return f"""
-        insert into {LEDGER_TABLE}
-            (automation, trigger_key, contact_id, email, message_id, status, reason, error,
-             attempts, qualified_at, due_at, decided_at, sent_at, updated_at, subject, held_until)
         select automation, trigger_key, contact_id, email, message_id, status, reason, error,
-               0, qualified_at, due_at, $as_of, null, $now, subject, held_until
+               0 as attempts, qualified_at, due_at, $as_of as decided_at, null::timestamp as sent_at,
+               $now as updated_at, subject, held_until
         from {source}
         """
 
 
-def _record_sql(source: str) -> str:
-    """Write decisions; a retried `failed` or `held` row is overwritten, its attempts kept."""
-    return _insert_sql(source) + """
-        on conflict (automation, trigger_key) do update set
-            contact_id = excluded.contact_id,
-            email = excluded.email,
-            status = excluded.status,
-            reason = excluded.reason,
-            error = excluded.error,
-            subject = excluded.subject,
-            updated_at = excluded.updated_at,
-            held_until = excluded.held_until
+def _insert_sql(source: str) -> str:
+    return f"insert into {LEDGER_TABLE} ({_WRITTEN_COLUMNS}) {_decisions_sql(source)}"
+
+
+def _merge_sql(source: str) -> str:
+    """A key without a row gets one; a retried `failed` or `held` row is overwritten, its attempts,
+    its first decision's time and its sending time kept."""
+    return f"""
+        merge into {LEDGER_TABLE} as m
+        using ({_decisions_sql(source)}) as d
+        on m.automation = d.automation and m.trigger_key = d.trigger_key
         -- a held message decided the same way again (a replayed tick) stays as it was
-        where messages.status <> excluded.status
-           or messages.reason is distinct from excluded.reason
-           or messages.error is distinct from excluded.error
-           or messages.held_until is distinct from excluded.held_until
+        when matched and (
+            m.status <> d.status
+            or m.reason is distinct from d.reason
+            or m.error is distinct from d.error
+            or m.held_until is distinct from d.held_until
+        ) then update set
+            contact_id = d.contact_id,
+            email = d.email,
+            status = d.status,
+            reason = d.reason,
+            error = d.error,
+            subject = d.subject,
+            updated_at = d.updated_at,
+            held_until = d.held_until
+        when not matched then insert ({_WRITTEN_COLUMNS})
+            values (d.automation, d.trigger_key, d.contact_id, d.email, d.message_id, d.status, d.reason, d.error,
+                    d.attempts, d.qualified_at, d.due_at, d.decided_at, d.sent_at, d.updated_at, d.subject,
+                    d.held_until)
         """
 
 

@@ -34,6 +34,7 @@ from dagster_project.ledger import (
     ENTERED,
     LEDGER_TABLE,
     MAX_ATTEMPTS,
+    DuplicateKeys,
     Entry,
     Outcome,
     Reason,
@@ -446,6 +447,7 @@ def send_automation(
         # 9.6 to 9.8 s instead of 11.4 s.
         reader.execute("set session preserve_insertion_order = false")
         reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", params)
+        _refuse_keys_named_twice(reader, automation)
         # Started now, compose workers are ready by the first batch: they start while the skips are written.
         composers = _start_composers(reader, config, closing)
         # Most candidates of a cold tick are history skipped for what the data says alone (stale,
@@ -499,6 +501,25 @@ def send_automation(
 
 # A temporary table: each connection (here, each send's own cursor) has its own.
 _CANDIDATES = "nudge_candidates"
+
+
+def _refuse_keys_named_twice(reader: duckdb.DuckDBPyConnection, automation: Automation) -> None:
+    """Stop before anything is written if a key is among the candidates twice: the ledger has no index
+    that would refuse the second row (ledger.py), and a claim twice is a message twice. The trigger
+    model's unique test should have stopped such a table; a contact twice in the contacts model would
+    do it too. 0.15 s for the 1.65 million candidates of a cold 10M tick's largest automation."""
+    ((twice,),) = reader.execute(f"select count(*) - count(distinct trigger_key) from {_CANDIDATES}").fetchall()
+    if not twice:
+        return
+    examples = reader.execute(
+        f"select trigger_key, count(*) from {_CANDIDATES} group by all having count(*) > 1 order by 1 limit 3"
+    ).fetchall()
+    raise DuplicateKeys(
+        f"{automation.name}: {twice:,} candidate rows repeat a trigger_key ("
+        + ", ".join(f"{key!r} {count} times" for key, count in examples)
+        + f"); check that {automation.relation} has one row per trigger_key and the contacts model one per"
+        " contact_id. Nothing of this automation was decided or sent."
+    )
 
 
 def _start_composers(reader: duckdb.DuckDBPyConnection, config: SendConfig, closing: ExitStack) -> Composers | None:

@@ -22,7 +22,7 @@ from dagster_project.backends.base import BackendUnavailable, EmailBackend
 from dagster_project.builds import NotBuiltError, require_built
 from dagster_project.clock import as_of_for, format_as_of
 from dagster_project.dbt_assets import LEDGER_KEY
-from dagster_project.ledger import LEDGER_TABLE, ensure_ledger, status_counts
+from dagster_project.ledger import LEDGER_TABLE, DuplicateKeys, ensure_ledger, status_counts
 from dagster_project.rendering import TemplateError
 from dagster_project.resources import EmailBackendResource, SendSettings
 from dagster_project.send import SendConfig, SendReport, count_newly_due, send_automation
@@ -234,8 +234,9 @@ def _send_one(
             suppressions_relation=suppressions_relation,
             log=context.log.info,
         )
-    except TemplateError as error:
-        # Compiled before anything is claimed: this automation stops, the others still go.
+    except (TemplateError, DuplicateKeys) as error:
+        # A template that does not compile, candidates that repeat a key: both found before anything
+        # is claimed. This automation stops, the others still go.
         return f"{target.key.to_user_string()}: {error}"
     context.log.info(
         f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "

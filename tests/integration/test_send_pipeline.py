@@ -17,6 +17,7 @@ from dagster_project import send as send_module
 from dagster_project.automations import Policy
 from dagster_project.backends import FileBackend, NullBackend, backend_from_url
 from dagster_project.backends.base import BackendUnavailable
+from dagster_project.ledger import DuplicateKeys
 from dagster_project.rendering import EmailTemplate
 
 EMAILS = [f"person{i}@example.com" for i in range(10)]
@@ -150,3 +151,21 @@ def test_one_at_a_time_is_sent_on_the_sending_thread(con, tmp_path):
     with Watched(tmp_path / "outbox") as backend:
         assert send(con, backend).sent == 10
     assert threads == {threading.get_ident()}
+
+
+@pytest.mark.parametrize("repeated", ["triggers.trg_welcome", "staging.stg_contacts"])
+def test_candidates_that_repeat_a_key_stop_the_send_before_anything_is_written(con, tmp_path, repeated):
+    # The ledger has no index to refuse a second row for a key: a trigger row twice (its unique
+    # test failed, yet the send ran) or a contact twice would decide, claim and send it twice.
+    con.execute(f"insert into {repeated} select * from {repeated} where contact_id = 'c_3'")
+    outbox = tmp_path / "outbox"
+
+    with pytest.raises(DuplicateKeys, match=r"welcome: 1 candidate rows repeat a trigger_key \('c_3' 2 times\)"):
+        send(con, FileBackend(outbox))
+
+    assert ledger(con) == {}
+    assert not list(outbox.rglob("*.eml"))
+    # Mended, the next tick sends each once.
+    con.execute(f"create or replace table {repeated} as select distinct * from {repeated}")
+    assert send(con, FileBackend(outbox)).sent == len(EMAILS)
+    assert len(list(outbox.rglob("*.eml"))) == len(EMAILS)

@@ -1,9 +1,23 @@
+import dataclasses
 from datetime import datetime
 
 import duckdb
 import pytest
 
-from dagster_project.ledger import Entry, Outcome, ensure_ledger, mark, mark_interrupted, pending_keys, record, status_counts
+from dagster_project.ledger import (
+    LEDGER_COLUMNS,
+    LEDGER_TABLE,
+    DuplicateKeys,
+    Entry,
+    Outcome,
+    ensure_ledger,
+    mark,
+    mark_interrupted,
+    pending_keys,
+    record,
+    status_counts,
+)
+from dagster_project.migrations import has_primary_key
 
 AS_OF = datetime(2026, 11, 1, 12)
 NOW = datetime(2026, 11, 1, 12, 0, 5)
@@ -45,10 +59,14 @@ def test_a_retried_failure_keeps_its_attempts_and_first_decision(con):
     assert row(con, "k1") == ("sent", None, 2, later, AS_OF)
 
 
-def test_the_key_is_unique(con):
-    record(con, [entry("k1")], as_of=AS_OF, now=NOW)
-    with pytest.raises(duckdb.ConstraintException):
-        con.execute("insert into nudge.messages select * from nudge.messages")
+def test_decisions_naming_a_key_twice_are_refused_and_nothing_of_them_is_written(con):
+    with pytest.raises(DuplicateKeys, match="welcome/k1"):
+        record(con, [entry("k1"), entry("k2"), entry("k1", "skipped", "stale")], as_of=AS_OF, now=NOW)
+    assert con.execute("select count(*) from nudge.messages").fetchone()[0] == 0
+    # The same key in two automations is two keys.
+    record(con, [entry("k1"), Entry("cart_abandoned", "k1", "c_k1", None, "<k1@y>", "pending", None, None, AS_OF,
+                                    AS_OF)], as_of=AS_OF, now=NOW)
+    assert con.execute("select count(*) from nudge.messages").fetchone()[0] == 2
 
 
 def test_interrupted_claims_become_unknown_with_an_explanation(con):
@@ -80,13 +98,43 @@ def test_a_temporary_failure_on_the_last_attempt_is_attempts_exhausted_with_the_
     assert row(con, "k2")[:3] == ("failed", "rejected", MAX_ATTEMPTS)
 
 
-def test_claims_said_to_be_new_are_inserted_and_a_key_that_has_a_row_after_all_is_upserted(con):
+def test_claims_said_to_be_new_are_inserted_and_others_merged_by_key(con):
     record(con, [entry("k1"), entry("k2")], as_of=AS_OF, now=NOW, new=True)
     assert pending_keys(con, "welcome") == ["k1", "k2"]
     mark(con, [Outcome("welcome", "k1", "failed", "temporary", "451 try later")], as_of=AS_OF, now=NOW)
     later = datetime(2026, 11, 1, 13)
-    # k1 has a row (a retry), k3 has none: the plain insert fails whole, the upsert writes both.
-    record(con, [entry("k1"), entry("k3")], as_of=later, now=later, new=True)
+    # k1 has a row (a retry), k3 has none: the merge overwrites one and inserts the other.
+    record(con, [entry("k1"), entry("k3")], as_of=later, now=later)
     assert row(con, "k1") == ("pending", None, 1, None, AS_OF)
     assert row(con, "k3") == ("pending", None, 0, None, later)
     assert con.execute("select count(*) from nudge.messages").fetchone()[0] == 3
+
+
+def test_a_hold_decided_the_same_way_again_is_left_as_it_was(con):
+    until = datetime(2026, 11, 1, 20)
+    held = Entry("welcome", "k1", "c_k1", "a@b.example", "<k1@x>", "held", "quiet_hours", None, AS_OF, AS_OF,
+                 held_until=until)
+    record(con, [held], as_of=AS_OF, now=NOW)
+    later = datetime(2026, 11, 1, 13)
+    record(con, [held], as_of=later, now=later)
+    assert con.execute("select updated_at from nudge.messages").fetchall() == [(NOW,)]
+    record(con, [dataclasses.replace(held, held_until=datetime(2026, 11, 1, 21))], as_of=later, now=later)
+    assert con.execute("select updated_at, decided_at from nudge.messages").fetchall() == [(later, AS_OF)]
+
+
+def test_a_keyed_ledger_from_before_session_12_is_rebuilt_without_its_key_keeping_every_row(tmp_path):
+    connection = duckdb.connect(str(tmp_path / "old.duckdb"))
+    schema, table = LEDGER_TABLE.split(".")
+    connection.execute(f"create schema {schema}")
+    connection.execute(f"create table {LEDGER_TABLE} ({LEDGER_COLUMNS}, primary key (automation, trigger_key))")
+    record(connection, [entry("k1"), entry("k2", "skipped", "stale")], as_of=AS_OF, now=NOW)
+    before = connection.execute(f"select * from {LEDGER_TABLE} order by trigger_key").fetchall()
+    assert has_primary_key(connection, schema, table)
+
+    ensure_ledger(connection)
+
+    assert not has_primary_key(connection, schema, table)
+    assert connection.execute(f"select * from {LEDGER_TABLE} order by trigger_key").fetchall() == before
+    ensure_ledger(connection)  # once only: a current ledger is left alone
+    assert connection.execute(f"select * from {LEDGER_TABLE} order by trigger_key").fetchall() == before
+    connection.close()
