@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -37,18 +38,22 @@ class FileBackend(EmailBackend):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.description = f"file://{self.root}"
-        # Folders known to exist: made once, not looked up for every message.
-        self._folders: set[Path] = set()
+        # The outbox and each automation's folder held open while the backend is: a message's file
+        # is made relative to its folder's descriptor, not found again from the root by its path.
+        self._root_descriptor: int | None = None
+        self._folders: dict[str, int] = {}
         self._device: int | None = None
         self._folders_on_other_devices = False
-        self._root_descriptor: int | None = None
 
     def close(self) -> None:
-        self._close_root()
+        self._close_descriptors()
 
-    def _close_root(self) -> None:
-        if self._root_descriptor is not None:
-            descriptor, self._root_descriptor = self._root_descriptor, None
+    def _close_descriptors(self) -> None:
+        descriptors = [*self._folders.values(), self._root_descriptor]
+        self._folders, self._root_descriptor = {}, None
+        for descriptor in descriptors:
+            if descriptor is None:
+                continue
             try:
                 os.close(descriptor)
             except OSError:
@@ -59,46 +64,49 @@ class FileBackend(EmailBackend):
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise BackendUnavailable(f"cannot create the outbox {self.root}: {error.strerror or error}") from error
-        self._folders.clear()  # someone may have removed one since the last send
-        self._device = self.root.stat().st_dev
-        self._folders_on_other_devices = False
         # Held open for the whole send: syncfs() reports the write-back errors since this was opened.
-        self._close_root()
+        # The folders are opened again, as someone may have removed one since the last send.
+        self._close_descriptors()
         try:
             self._root_descriptor = _open_folder(self.root)
         except OSError as error:
             raise BackendUnavailable(f"cannot open the outbox {self.root}: {error.strerror or error}") from error
+        self._device = os.fstat(self._root_descriptor).st_dev
+        self._folders_on_other_devices = False
         # A process killed mid-write leaves its hidden temporary file behind (never a half .eml);
         # only one tick sends at a time, so any found now belong to a dead one.
         for leftover in self.root.glob("*/.*.tmp"):
             leftover.unlink(missing_ok=True)
 
     def path_for(self, message: EmailMessage) -> Path:
+        folder, name = self._names(message)
+        return self.root / folder / name
+
+    @staticmethod
+    def _names(message: EmailMessage) -> tuple[str, str]:
+        """The message's folder (its automation) and file name (its Message-ID), each made safe."""
         # As stored, not parsed into a header object (a message made in another process holds text).
         automation = (stored_header(message, AUTOMATION_HEADER) or "_unassigned").strip()
-        message_id = message_id_of(message).strip("<>")
-        return self.root / safe_filename(automation) / f"{safe_filename(message_id)}.eml"
+        return safe_filename(automation), f"{safe_filename(message_id_of(message).strip('<>'))}.eml"
 
     def send(self, message: EmailMessage) -> Delivery:
         message_id = message_id_of(message)
-        path = self.path_for(message)
+        folder_name, name = self._names(message)
         data = message_bytes(message)
+        path = os.path.join(self.root, folder_name, name)
         # Write aside then rename: a reader never sees half a message, a crash never leaves one.
         # The name aside is the message's own (one tick sends at a time, and a message is handed
         # over once in it), so no random name has to be found free first; open() clears leftovers.
-        temporary = path.parent / f".{path.name}.tmp"
+        temporary = f".{name}.tmp"
         try:
-            if path.parent not in self._folders:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._folders.add(path.parent)
-                # A folder mounted from elsewhere is synced on its own (never the case in practice).
-                if path.parent.stat().st_dev != self._device:
-                    self._folders_on_other_devices = True
+            folder = self._folders.get(folder_name)
+            if folder is None:
+                folder = self._open_automation_folder(folder_name)
             try:
-                descriptor = os.open(temporary, _CREATE, 0o600)
+                descriptor = os.open(temporary, _CREATE, 0o600, dir_fd=folder)
             except FileExistsError:
-                temporary.unlink()  # left by a write that failed; never followed if it is a link
-                descriptor = os.open(temporary, _CREATE, 0o600)
+                os.unlink(temporary, dir_fd=folder)  # left by a write that failed; never followed if it is a link
+                descriptor = os.open(temporary, _CREATE, 0o600, dir_fd=folder)
             try:
                 try:
                     view = memoryview(data)
@@ -108,13 +116,26 @@ class FileBackend(EmailBackend):
                     os.close(descriptor)
                 # Made durable by flush(), once for the whole batch, before the ledger says sent:
                 # an fsync per message cost 1.5 ms, most of a send.
-                os.replace(temporary, path)
+                os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
             except BaseException:
-                temporary.unlink(missing_ok=True)
+                with suppress(OSError):
+                    os.unlink(temporary, dir_fd=folder)
                 raise
         except OSError as error:
             raise BackendUnavailable(f"cannot write {path}: {error.strerror or error}") from error
-        return Delivery(message_id=message_id, ok=True, detail=str(path))
+        return Delivery(message_id=message_id, ok=True, detail=path)
+
+    def _open_automation_folder(self, name: str) -> int:
+        if self._root_descriptor is None:
+            raise BackendUnavailable(f"the outbox {self.root} is not open: open() the backend before sending")
+        with suppress(FileExistsError):
+            os.mkdir(name, 0o777, dir_fd=self._root_descriptor)
+        descriptor = _open_folder(name, dir_fd=self._root_descriptor)
+        self._folders[name] = descriptor
+        # A folder mounted from elsewhere is synced on its own (never the case in practice).
+        if os.fstat(descriptor).st_dev != self._device:
+            self._folders_on_other_devices = True
+        return descriptor
 
     def flush(self) -> None:
         """Every .eml written so far, and its name, on disk: one sync of the outbox's filesystem for a
@@ -123,8 +144,8 @@ class FileBackend(EmailBackend):
         try:
             _sync_filesystem(self.root, self._root_descriptor)
             if self._folders_on_other_devices:
-                for folder in self._folders:
-                    _sync_filesystem(folder)
+                for name, descriptor in self._folders.items():
+                    _sync_filesystem(self.root / name, descriptor)
         except OSError as error:
             raise BackendUnavailable(f"cannot flush the outbox {self.root}: {error.strerror or error}") from error
 
@@ -139,8 +160,8 @@ def _libc_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _libc_syncfs() if sys.platform.startswith("linux") else None
 
 
-def _open_folder(folder: Path) -> int:
-    return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+def _open_folder(folder: Path | str, dir_fd: int | None = None) -> int:
+    return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
 
 
 def _sync_filesystem(folder: Path, descriptor: int | None = None) -> None:
