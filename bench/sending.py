@@ -11,6 +11,7 @@ bare smtplib loop over one connection sending the same messages to the same serv
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import smtplib
 import time
@@ -74,6 +75,11 @@ def _fresh_ledger(con: duckdb.DuckDBPyConnection) -> None:
 
 def _send(con, automation: Automation, backend: EmailBackend, config: SendConfig, as_of) -> tuple[float, int]:  # noqa: ANN001
     _fresh_ledger(con)
+    # What the bench wrote before (the ticks' gigabytes, tens of thousands of .eml files) may still be
+    # on its way to disk: each batch's syncfs and each ledger commit's fsync would wait for it. Written
+    # out first, it is not billed to the send (measured alone: 2,750 to 3,100 msg/s to the file
+    # backend straight after deleting an outbox, 4,200 to 4,700 with the disk settled).
+    os.sync()
     backend.open()
     started = time.perf_counter()
     try:
