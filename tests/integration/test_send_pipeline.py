@@ -160,12 +160,15 @@ def test_candidates_that_repeat_a_key_stop_the_send_before_anything_is_written(c
     con.execute(f"insert into {repeated} select * from {repeated} where contact_id = 'c_3'")
     outbox = tmp_path / "outbox"
 
-    with pytest.raises(DuplicateKeys, match=r"welcome: 1 candidate rows repeat a trigger_key \('c_3' 2 times\)"):
-        send(con, FileBackend(outbox))
+    with FileBackend(outbox) as backend, pytest.raises(
+        DuplicateKeys, match=r"welcome: 1 candidate rows repeat a trigger_key \('c_3' 2 times\)"
+    ):
+        send(con, backend)
 
     assert ledger(con) == {}
     assert not list(outbox.rglob("*.eml"))
     # Mended, the next tick sends each once.
     con.execute(f"create or replace table {repeated} as select distinct * from {repeated}")
-    assert send(con, FileBackend(outbox)).sent == len(EMAILS)
+    with FileBackend(outbox) as backend:
+        assert send(con, backend).sent == len(EMAILS)
     assert len(list(outbox.rglob("*.eml"))) == len(EMAILS)
