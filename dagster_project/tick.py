@@ -66,7 +66,7 @@ def _per_asset(step_key: str, message: str) -> list[str]:
 
 
 @contextmanager
-def _objects_so_far_frozen() -> Iterator[None]:
+def objects_so_far_frozen() -> Iterator[None]:
     """The modules and definitions loaded before a tick outlive it: kept out of the collector's
     full passes for its length (gc.freeze), which otherwise walk them again and again while dbt
     and the send make millions of objects (a 10M-event incremental tick: 1.7 s collecting
@@ -94,7 +94,7 @@ def run_tick(
         asset_keys = sorted(selection.resolve(defs.resolve_asset_graph()), key=lambda key: key.to_user_string())
         if not asset_keys:
             raise ValueError(f"the selection {selection} names none of the tick's assets")
-    with _objects_so_far_frozen():
+    with objects_so_far_frozen():
         result = job.execute_in_process(
             instance=instance or default_instance(),
             tags=as_of_tags(as_of),
