@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import re
 from functools import lru_cache
+from typing import Any
 from datetime import datetime, timezone
 from email import policy
 from email.headerregistry import Address, BaseHeader, UnstructuredHeader
@@ -349,7 +350,7 @@ def portable(message: EmailMessage) -> Portable:
 def from_portable(data: bytes, envelope: tuple[str, list[str]]) -> EmailMessage:
     """The message compose() made of `data`: the same headers, parts and bytes."""
     head, _, body = data.partition(b"\r\n\r\n")
-    message = EmailMessage(policy=policy.SMTP)
+    message = _ArrivedMessage(policy=policy.SMTP)
     message._headers = _stored_headers(head)  # noqa: SLF001 - as the parser stores them
     content_type = next((value for name, value in message._headers if name.lower() == "content-type"), "")  # noqa: SLF001
     boundary = _BOUNDARY_PARAMETER.search(content_type)
@@ -360,11 +361,31 @@ def from_portable(data: bytes, envelope: tuple[str, list[str]]) -> EmailMessage:
     if not (body.startswith(opening) and body.endswith(closing)):
         raise ValueError("not a message compose() made: its parts are not where compose() puts them")
     # No line of a part starts with the delimiter (compose() chose the boundary so): this split is exact.
-    parts = body[len(opening):-len(closing)].split(b"\r\n" + opening)
-    message.set_payload([_part_from(part) for part in parts])
+    message._unread_parts = body[len(opening):-len(closing)].split(b"\r\n" + opening)
     setattr(message, COMPOSED_BYTES, data)
     setattr(message, COMPOSED_ENVELOPE, envelope)
     return message
+
+
+class _ArrivedMessage(EmailMessage):
+    """A message from another process whose parts are made from their bytes when first read: the
+    file and SMTP backends send the bytes and read only headers (a tenth of the sending process's
+    time went into parts nobody read)."""
+
+    _unread_parts: list[bytes] | None = None
+
+    @property  # type: ignore[override]
+    def _payload(self) -> Any:
+        unread = self._unread_parts
+        if unread is not None:
+            self._unread_parts = None
+            self.__dict__["_parts"] = [_part_from(part) for part in unread]
+        return self.__dict__.get("_parts")
+
+    @_payload.setter
+    def _payload(self, value: Any) -> None:
+        self._unread_parts = None
+        self.__dict__["_parts"] = value
 
 
 def _part_from(data: bytes) -> MIMEPart:

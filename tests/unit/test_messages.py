@@ -413,8 +413,14 @@ def test_only_what_compose_made_crosses_to_another_process():
     with pytest.raises(ValueError, match="not where compose"):
         from_portable(data[:-4], envelope)
     arrived = from_portable(data, envelope)
+    # What a backend reads (headers, the bytes) leaves the parts unmade; the first look at one makes them.
+    from dagster_project.backends.base import message_bytes, message_id_of
+
+    assert message_bytes(arrived) == data and message_id_of(arrived)
+    assert vars(arrived).get("_parts") is None and len(vars(arrived)["_unread_parts"]) == 2
     assert arrived["To"].addresses[0].addr_spec == "ana@example.com"
     assert arrived.get_body(preferencelist=("html",)).get_content() == "<p>Hi Ana</p>\n"
+    assert [part.get_content_type() for part in vars(arrived)["_parts"]] == ["text/plain", "text/html"]
     # Serialized again by the email package itself (never done on the way out: the bytes that
     # crossed are sent), a plain message comes out the same. (It would refold List-Unsubscribe.)
     data, envelope = portable(build())
