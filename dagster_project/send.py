@@ -97,10 +97,17 @@ def _candidates_sql(
     counted = ", ".join(f"'{status}'" for status in CAPPED_STATUSES)
     if automation.exit_events:
         # The first exit event after qualifying, by this tick. Imported history never exits anyone.
+        # Looked for only where it can decide (the verdicts' order, _verdicts_sql): a stale
+        # qualification is skipped as stale, a claim left pending is decided by who the contact is.
+        # On a cold tick that spares joining most of the history with the contacts' events.
         exits = f"""
         exits as (
             select t.trigger_key, min(e.occurred_at) as exited_at, arg_min(e.event_name, e.occurred_at) as exit_event
-            from due as t
+            from (
+                select * from due
+                where epoch_us($as_of) - epoch_us(due_at) <= $send_window_us
+                  and ledger_status is distinct from '{Status.PENDING}'
+            ) as t
             join {events_relation} as e
               on e.contact_id = t.contact_id
              and e.occurred_at > t.qualified_at and e.occurred_at <= $as_of
