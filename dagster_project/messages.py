@@ -16,14 +16,14 @@ import base64
 import binascii
 import hashlib
 import re
-from functools import lru_cache
-from typing import Any
 from datetime import datetime, timezone
 from email import policy
 from email.headerregistry import Address, BaseHeader, UnstructuredHeader
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
+from functools import lru_cache
+from typing import Any
 
 from .backends.base import COMPOSED_BYTES, COMPOSED_ENVELOPE, composed_bytes
 from .rendering import RenderedEmail, one_line

@@ -46,9 +46,6 @@ class FileBackend(EmailBackend):
         self._folders_on_other_devices = False
 
     def close(self) -> None:
-        self._close_descriptors()
-
-    def _close_descriptors(self) -> None:
         descriptors = [*self._folders.values(), self._root_descriptor]
         self._folders, self._root_descriptor = {}, None
         for descriptor in descriptors:
@@ -66,7 +63,7 @@ class FileBackend(EmailBackend):
             raise BackendUnavailable(f"cannot create the outbox {self.root}: {error.strerror or error}") from error
         # Held open for the whole send: syncfs() reports the write-back errors since this was opened.
         # The folders are opened again, as someone may have removed one since the last send.
-        self._close_descriptors()
+        self.close()
         try:
             self._root_descriptor = _open_folder(self.root)
         except OSError as error:
