@@ -39,6 +39,10 @@ DBT_PROJECT = REPO / "dbt_project"
 console = Console(width=None if Console().is_terminal else 200)
 
 
+# The issue's targets for the incremental tick: 15 s at 10M events of history, and at 100M at
+# most 1.5 times that.
+INCREMENTAL_TARGETS = {"10m": 15.0, "100m": 1.5 * 15.0}
+
 # Each step logs a line as it starts, and moves the progress bar (drawn on a terminal only).
 STEPS_PER_SIZE = 7
 SENDING_STEPS = 2 + len(SMTP_CONNECTIONS)
@@ -76,15 +80,19 @@ def _ingest_rate(warehouse: Path, landing: Path) -> tuple[float, int, float]:
     return report.rows_read / seconds, report.rows_read, seconds
 
 
-def _read_rate(reader: str) -> float:
-    """Events per second DuckDB alone reads the same files into a table: the ingest bound
-    (no checks, no reasons for bad rows: malformed lines are skipped)."""
-    con = duckdb.connect()
-    started = time.perf_counter()
-    con.sql(f"create table events as select * from {reader}")
-    ((rows,),) = con.sql("select count(*) from events").fetchall()
-    seconds = time.perf_counter() - started
-    con.close()
+def _read_rate(reader: str, database: Path) -> float:
+    """Events per second DuckDB alone reads the same files into a table in a database file, as
+    the ingest does: the ingest bound (no checks, no reasons for bad rows: malformed lines are
+    skipped). A file, not memory: at 100M the table would not fit in memory."""
+    con = duckdb.connect(str(database))
+    try:
+        started = time.perf_counter()
+        con.sql(f"create table events as select * from {reader}")
+        ((rows,),) = con.sql("select count(*) from events").fetchall()
+        seconds = time.perf_counter() - started
+    finally:
+        con.close()
+        database.unlink(missing_ok=True)
     return rows / seconds
 
 
@@ -109,7 +117,7 @@ def bench_size(data: Dataset, work: Path) -> list[Figure]:
     _log(f"{label}: ingest rate from JSON Lines")
     jsonl_rate, _, _ = _ingest_rate(work / "jsonl.duckdb", data.jsonl)
     (work / "jsonl.duckdb").unlink()
-    figures.append(Figure(label, "ingest, JSON Lines", jsonl_rate, "events/s", _read_rate(f"read_json('{data.jsonl}/events/*.jsonl', format = 'newline_delimited', ignore_errors = true)"),
+    figures.append(Figure(label, "ingest, JSON Lines", jsonl_rate, "events/s", _read_rate(f"read_json('{data.jsonl}/events/*.jsonl', format = 'newline_delimited', ignore_errors = true)", work / "read-bound.duckdb"),
                           "DuckDB read_json alone", target=200_000, higher_is_better=True))
 
     landing = work / "landing"
@@ -118,7 +126,7 @@ def bench_size(data: Dataset, work: Path) -> list[Figure]:
     warehouse.parent.mkdir()
     _log(f"{label}: ingest rate from Parquet ({counts['history_events']:,} events)")
     parquet_rate, loaded, _ = _ingest_rate(warehouse, landing)
-    figures.append(Figure(label, "ingest, Parquet", parquet_rate, "events/s", _read_rate(f"read_parquet('{landing}/events/*.parquet')"),
+    figures.append(Figure(label, "ingest, Parquet", parquet_rate, "events/s", _read_rate(f"read_parquet('{landing}/events/*.parquet')", work / "read-bound.duckdb"),
                           "DuckDB read_parquet alone", target=1_000_000, higher_is_better=True))
 
     env = {
@@ -160,7 +168,7 @@ def bench_size(data: Dataset, work: Path) -> list[Figure]:
     incremental = run_tick_process(data.end, env)
     _check(incremental, "incremental tick")
     figures.append(Figure(label, "incremental tick (+1 hour)", incremental.wall_seconds, "s", None, "",
-                          target=15.0 if label == "10m" else None, detail=_where(incremental)))
+                          target=INCREMENTAL_TARGETS.get(label), detail=_where(incremental)))
     figures.append(Figure(label, "peak RSS of a tick", max(cold.peak_rss_mb, incremental.peak_rss_mb), "MB", None, "",
                           target=1536.0 if label == "10m" else None,
                           detail=f"cold {cold.peak_rss_detail}; incremental {incremental.peak_rss_detail}"))
