@@ -56,14 +56,19 @@ def record_builds(
     now: datetime,
 ) -> None:
     con.execute(DDL)
-    for unique_id, (status, failed_tests) in outcomes.items():
-        con.execute(
-            f"""
-            insert or replace into {BUILDS_TABLE} (unique_id, as_of, status, failed_tests, recorded_at)
-            values (?, ?, ?, ?, ?)
-            """,
-            [unique_id, as_of, status, ", ".join(failed_tests), now],
-        )
+    if not outcomes:
+        return
+    # One statement: the models of a build are recorded together or not at all, and the
+    # warehouse commits once, not once a model.
+    rows = [(unique_id, as_of, status, ", ".join(failed_tests), now)
+            for unique_id, (status, failed_tests) in outcomes.items()]
+    con.execute(
+        f"""
+        insert or replace into {BUILDS_TABLE} (unique_id, as_of, status, failed_tests, recorded_at)
+        values {", ".join(["(?, ?, ?, ?, ?)"] * len(rows))}
+        """,
+        [value for row in rows for value in row],
+    )
 
 
 def require_built(con: duckdb.DuckDBPyConnection, unique_id: str, as_of: datetime) -> None:
