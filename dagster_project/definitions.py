@@ -6,7 +6,6 @@ import os
 
 import dagster as dg
 
-
 from dagster_project.automations import find_node, project_automations, relation_of
 from dagster_project.clock import as_of_tags
 from dagster_project.dbt_assets import NudgeDbtTranslator, build_dbt_assets, dbt_project, load_manifest
@@ -102,4 +101,9 @@ def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
     )
 
 
-defs = build_defs()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What `dagster dev` and the webserver load from workspace.yaml. Built when Dagster asks,
+    not on import: `nudge run` and the tests build their own from their settings, and a tick's
+    process would otherwise build them twice (the manifest read and every asset made again)."""
+    return build_defs()
