@@ -107,12 +107,13 @@ def _prepare_dbt(warehouse: Path) -> None:
                     "--target-path", str(tick_target_path(warehouse))], cwd=DBT_PROJECT, env=env, check=True)
 
 
-def bench_size(data: Dataset, work: Path) -> list[Figure]:
+def bench_size(data: Dataset, work: Path, figures: list[Figure]) -> None:
+    """Measures one size, adding each figure to `figures` as soon as it is taken: a tick that
+    fails part way (at 100M, models out of memory under the tick's limit) keeps the ingest's."""
     label = data.size.label
     counts = data.counts()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    figures: list[Figure] = []
 
     _log(f"{label}: ingest rate from JSON Lines")
     jsonl_rate, _, _ = _ingest_rate(work / "jsonl.duckdb", data.jsonl)
@@ -173,12 +174,11 @@ def bench_size(data: Dataset, work: Path) -> list[Figure]:
                           target=1536.0 if label == "10m" else None,
                           detail=f"cold {cold.peak_rss_detail}; incremental {incremental.peak_rss_detail}"))
     shutil.rmtree(work / "outbox", ignore_errors=True)
-    return figures
 
 
 def _check(run, what: str) -> None:  # noqa: ANN001
     if not run.success:
-        raise SystemExit(f"the {what} failed: {run.failures}")
+        raise SystemExit(f"the {what} failed (the figures so far are written): {run.failures}")
 
 
 def _where(run) -> str:  # noqa: ANN001
@@ -217,8 +217,10 @@ def main() -> None:
         _advance = advance
         for label in labels:
             data = dataset(SIZES[label], args.cache, log=console.print)
-            figures.extend(bench_size(data, args.out.parent / f"run-{label}"))
-            _write(args.out, figures)
+            try:
+                bench_size(data, args.out.parent / f"run-{label}", figures)
+            finally:
+                _write(args.out, figures)
         if args.messages and labels:
             # Sending does not depend on the history's size: once, on the first size's warehouse.
             built = args.out.parent / f"run-{labels[0]}" / "warehouse" / "warehouse.duckdb"
@@ -238,7 +240,7 @@ def _write(out: Path, figures: list[Figure]) -> None:
     out.write_text(json.dumps({
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "duckdb": duckdb.__version__,
-                    "load_average": os.getloadavg()},
+                    "load_average": os.getloadavg(), "duckdb_memory_limit": NudgeSettings().duckdb_memory_limit},
         "figures": [figure.as_json() for figure in figures],
         "where_the_time_goes": {f"{figure.size} {figure.name}": figure.detail for figure in figures if figure.detail},
     }, indent=2))
