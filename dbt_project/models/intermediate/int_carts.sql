@@ -88,7 +88,7 @@ carts as (
         min(occurred_at) as first_added_at,
         max(occurred_at) as last_added_at,
         count(*) as item_count,
-        '[' || {{ dbt.listagg('properties', "','", 'order by occurred_at, event_id') }} || ']' as items,
+        '[' || {{ nudge_ordered_listagg('properties', "','", ['occurred_at', 'event_id']) }} || ']' as items,
         min(case when is_syncing then 1 else 0 end) = 1 as is_syncing_only
 
     from adds

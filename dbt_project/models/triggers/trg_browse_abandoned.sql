@@ -48,10 +48,21 @@ sequenced as (
         lead(occurred_at) over (
             partition by contact_id, product_id
             order by occurred_at, event_id
-        ) as next_viewed_at
+        ) as next_viewed_at,
+        -- the views of the same product in the 24 hours up to this one, itself included: a
+        -- window, not a join of the views with themselves, which ran out of memory over 241
+        -- days of history. The frame also holds views at the same instant with a later
+        -- event_id, but only a view without such a peer can be the last of a visit.
+        min(occurred_at) over day_before as first_viewed_at,
+        count(*) over day_before as view_count
 
     from views
     where product_id is not null
+    window day_before as (
+        partition by contact_id, product_id
+        order by occurred_at
+        range between interval '24 hours' preceding and current row
+    )
 
 ),
 
@@ -73,27 +84,6 @@ last_views as (
 
 ),
 
-window_views as (
-
-    -- the views of the same product in the 24 hours up to the last view, itself included
-    select
-        last_views.event_id,
-        min(earlier.occurred_at) as first_viewed_at,
-        count(*) as view_count
-
-    from last_views
-    inner join sequenced as earlier
-        on last_views.contact_id = earlier.contact_id
-        and last_views.product_id = earlier.product_id
-        and earlier.occurred_at >= {{ dbt.dateadd('hour', -24, 'last_views.occurred_at') }}
-        and (
-            earlier.occurred_at < last_views.occurred_at
-            or (earlier.occurred_at = last_views.occurred_at and earlier.event_id <= last_views.event_id)
-        )
-    group by last_views.event_id
-
-),
-
 browses as (
 
     select
@@ -103,14 +93,12 @@ browses as (
         last_views.occurred_at as last_viewed_at,
         last_views.quiet_until as qualified_at,
         last_views.properties,
-        window_views.first_viewed_at,
-        window_views.view_count
+        last_views.first_viewed_at,
+        last_views.view_count
 
     from last_views
-    inner join window_views
-        on last_views.event_id = window_views.event_id
     -- viewed at least twice within 24 hours
-    where window_views.view_count >= 2
+    where last_views.view_count >= 2
 
 ),
 

@@ -69,7 +69,7 @@ viewed_products as (
     -- at most three: an email, not a catalogue
     select
         click_event_id,
-        '[' || {{ dbt.listagg('properties', "','", 'order by recency') }} || ']' as products
+        '[' || {{ nudge_ordered_listagg('properties', "','", ['recency']) }} || ']' as products
 
     from latest_products
     where recency <= 3

@@ -144,7 +144,7 @@ recommendations as (
 
     select
         event_id,
-        '[' || {{ dbt.listagg('recommendation', "', '", 'order by recommendation_rank') }} || ']' as recommendations
+        '[' || {{ nudge_ordered_listagg('recommendation', "', '", ['recommendation_rank']) }} || ']' as recommendations
 
     from top_candidates
     group by event_id
