@@ -62,3 +62,26 @@ def pytest_collection_modifyitems(config, items):
         return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
 
     items.sort(key=rank)  # stable: within a file, and among the short files, the order is pytest's
+
+
+# Every tick keeps dbt's state in dbt_project/target/tick_<warehouse digest> (dbt_assets.py),
+# and the tests tick warehouses in temporary folders that are gone after the session: their
+# target folders (about 12 MB each) would pile up in the working tree, run after run.
+_TICK_TARGETS = PROJECT_ROOT / "dbt_project" / "target"
+
+
+def _tick_target_folders() -> set:
+    return set(_TICK_TARGETS.glob("tick_*"))
+
+
+def pytest_sessionstart(session):
+    session.config._tick_targets_before = _tick_target_folders()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller cleans up once every worker is done
+    import shutil
+
+    for folder in _tick_target_folders() - session.config._tick_targets_before:
+        shutil.rmtree(folder, ignore_errors=True)
