@@ -323,7 +323,7 @@ def keep(con: duckdb.DuckDBPyConnection, warehouse: Path, copy: str, models: dic
 
 
 PER_CONTACT_MODELS = (
-    "int_carts", "int_workout_days", "int_first_signups", "int_product_mentions", "seg_dormant", "seg_power_users",
+    "int_carts", "int_workout_days", "int_first_signups", "int_product_mentions", "int_purchases", "seg_dormant", "seg_power_users",
     "seg_free_plan_engaged", "seg_recent_buyers", "trg_upgrade_moment", "trg_workout_completed", "trg_browse_abandoned",
     "trg_clicked_no_purchase", "trg_first_login_nudge", "trg_cart_abandoned", "trg_welcome",
 )

@@ -14,29 +14,15 @@
 
 with
 
-events as (
+purchases as (
 
-    select * from {{ ref('int_events') }}
+    select * from {{ ref('int_purchases') }}
 
 ),
 
 products as (
 
     select * from {{ ref('int_products') }}
-
-),
-
-purchases as (
-
-    select
-        contact_id,
-        event_id,
-        occurred_at,
-        properties,
-        is_syncing
-
-    from events
-    where event_name = 'purchased'
 
 ),
 
