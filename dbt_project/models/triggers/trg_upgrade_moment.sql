@@ -30,10 +30,37 @@ free_plan_contacts as (
 
 ),
 
+tries as (
+
+    -- each try of a premium feature, with how many of the contact's tries (imported ones
+    -- too) fall in the 7 days up to it, (try - 7 days, try]: the frame holds the tries from
+    -- exactly 7 days before, so those are taken off again. Windows, not nudge_performed's
+    -- count per try, which joined each contact's tries with each other and ran out of
+    -- memory over 241 days of history.
+    select
+        *,
+        count(*) over up_to_this_try - count(*) over exactly_7_days_before as tries_within_7_days
+
+    from events
+    where event_name = 'premium_feature_used'
+    window
+        up_to_this_try as (
+            partition by contact_id
+            order by occurred_at
+            range between interval '7 days' preceding and current row
+        ),
+        exactly_7_days_before as (
+            partition by contact_id
+            order by occurred_at
+            range between interval '7 days' preceding and interval '7 days' preceding
+        )
+
+),
+
 moments as (
 
     -- a plan limit reached, or a try of a premium feature that is at least the third in
-    -- the 7 days up to it (imported tries count toward the three)
+    -- the 7 days up to it
     select
         contact_id,
         event_id,
@@ -42,19 +69,21 @@ moments as (
         properties,
         is_syncing
 
-    from events as tries
-    where tries.event_name = 'plan_limit_reached'
-        or (
-            tries.event_name = 'premium_feature_used'
-            and {{ nudge_performed(
-                'premium_feature_used',
-                within='7d',
-                relative_to='tries.occurred_at',
-                at_least=3,
-                contact_id='tries.contact_id',
-                events='events'
-            ) }}
-        )
+    from events
+    where event_name = 'plan_limit_reached'
+
+    union all
+
+    select
+        contact_id,
+        event_id,
+        event_name as reason,
+        occurred_at,
+        properties,
+        is_syncing
+
+    from tries
+    where tries_within_7_days >= 3
 
 ),
 
