@@ -53,16 +53,19 @@ sequenced as (
         -- window, not a join of the views with themselves, which ran out of memory over 241
         -- days of history. The frame also holds views at the same instant with a later
         -- event_id, but only a view without such a peer can be the last of a visit.
-        min(occurred_at) over day_before as first_viewed_at,
-        count(*) over day_before as view_count
+        min(occurred_at) over (
+            partition by contact_id, product_id
+            order by occurred_at
+            range between interval '24 hours' preceding and current row
+        ) as first_viewed_at,
+        count(*) over (
+            partition by contact_id, product_id
+            order by occurred_at
+            range between interval '24 hours' preceding and current row
+        ) as view_count
 
     from views
     where product_id is not null
-    window day_before as (
-        partition by contact_id, product_id
-        order by occurred_at
-        range between interval '24 hours' preceding and current row
-    )
 
 ),
 

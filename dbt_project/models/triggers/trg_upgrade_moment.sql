@@ -39,21 +39,19 @@ tries as (
     -- memory over 241 days of history.
     select
         *,
-        count(*) over up_to_this_try - count(*) over exactly_7_days_before as tries_within_7_days
-
-    from events
-    where event_name = 'premium_feature_used'
-    window
-        up_to_this_try as (
+        count(*) over (
             partition by contact_id
             order by occurred_at
             range between interval '7 days' preceding and current row
-        ),
-        exactly_7_days_before as (
+        )
+        - count(*) over (
             partition by contact_id
             order by occurred_at
             range between interval '7 days' preceding and interval '7 days' preceding
-        )
+        ) as tries_within_7_days
+
+    from events
+    where event_name = 'premium_feature_used'
 
 ),
 
