@@ -135,7 +135,7 @@ def _candidates_sql(
     return f"""
         with
         due as (
-            select t.contact_id, t.trigger_key, t.qualified_at, t.due_at, t.context,
+            select t.contact_id, t.trigger_key, t.qualified_at, t.due_at,
                    m.status as ledger_status, coalesce(m.attempts, 0) as attempts
             from {automation.relation} as t
             left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
@@ -169,7 +169,7 @@ def _candidates_sql(
             group by contact_id
         )
         select
-            t.contact_id, t.trigger_key, t.qualified_at, t.due_at, t.context,
+            t.contact_id, t.trigger_key, t.qualified_at, t.due_at,
             c.contact_id is not null as has_contact,
             c.email, c.status as contact_status, c.first_name, c.last_name, c.timezone, c.properties,
             h.last_entered_at,
@@ -471,12 +471,22 @@ def send_automation(
                 f"in {progress.elapsed():.1f} s")
         progress.begin()
         state = TickState()
-        columns = ", ".join(CANDIDATE_COLUMNS)
+        # The trigger rows' context (JSON text, the widest column) is read only for the rows left for
+        # Python, not carried through the candidates query's joins for every due row: with it, the
+        # cold 100M send of upgrade_moment's 773,069 due rows ran out of 768 MB; without it, 1.1 s.
+        # The row is the candidate's own: same key, contact and times (a key twice among the
+        # candidates was refused above).
+        columns = ", ".join("t.context" if name == "context" else f"c.{name}" for name in CANDIDATE_COLUMNS)
         to_decide = f"""
             select {columns}, count(*) over () as to_decide
-            from {_CANDIDATES}
-            where verdict_reason is null
-            order by due_at, trigger_key
+            from {_CANDIDATES} as c
+            inner join {automation.relation} as t
+                on t.trigger_key = c.trigger_key
+                and t.contact_id is not distinct from c.contact_id
+                and t.qualified_at is not distinct from c.qualified_at
+                and t.due_at = c.due_at
+            where c.verdict_reason is null
+            order by c.due_at, c.trigger_key
         """
         # Transactional mail (a receipt, a password reset) is not stopped by leaving the marketing list.
         with (

@@ -156,7 +156,9 @@ def _reference(con, automation, as_of, policy, marketing):
     state = TickState()
     decided = {}
     for row in relation.fetchall():
-        candidate = Candidate(**dict(zip(columns, row, strict=True)))
+        # The candidates query carries no context (the send reads it for the rows it composes);
+        # no verdict depends on it.
+        candidate = Candidate(**dict(zip(columns, row, strict=True)), context=None)
         decided[candidate.trigger_key] = (candidate, decide(candidate, automation, as_of=as_of, policy=policy,
                                                             state=state))
     return decided
