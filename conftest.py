@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import shutil
 
 import pytest
 
@@ -81,7 +82,5 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     if hasattr(session.config, "workerinput"):
         return  # an xdist worker: the controller cleans up once every worker is done
-    import shutil
-
     for folder in _tick_target_folders() - session.config._tick_targets_before:
         shutil.rmtree(folder, ignore_errors=True)

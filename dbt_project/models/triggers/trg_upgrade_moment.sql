@@ -8,8 +8,8 @@ with
 
 events as (
 
-    -- only the events the moments read: DuckDB keeps a CTE read twice in memory, and all of a
-    -- full build's events there spilled past the tick's memory limit (7.4 s against 0.9 s at 10M)
+    -- only the events the moments read: a full build's every event, windowed, spilled past
+    -- the tick's memory limit (7.4 s against 0.9 s at 10M)
     select * from {{ nudge_events_to_rebuild() }}
     where event_name in ('plan_limit_reached', 'premium_feature_used')
 
@@ -30,28 +30,27 @@ free_plan_contacts as (
 
 ),
 
-tries as (
+counted as (
 
-    -- each try of a premium feature, with how many of the contact's tries (imported ones
-    -- too) fall in the 7 days up to it, (try - 7 days, try]: the frame holds the tries from
-    -- exactly 7 days before, so those are taken off again. Windows, not nudge_performed's
-    -- count per try, which joined each contact's tries with each other and ran out of
-    -- memory over 241 days of history.
+    -- each event with how many of the contact's events of its name (imported ones too) fall
+    -- in the 7 days up to it, (event - 7 days, event]: the frame holds those from exactly 7
+    -- days before, so they are taken off again. Windows, not nudge_performed's count per
+    -- try, which joined each contact's tries with each other and ran out of memory over 241
+    -- days of history.
     select
         *,
         count(*) over (
-            partition by contact_id
+            partition by contact_id, event_name
             order by occurred_at
             range between interval '7 days' preceding and current row
         )
         - count(*) over (
-            partition by contact_id
+            partition by contact_id, event_name
             order by occurred_at
             range between interval '7 days' preceding and interval '7 days' preceding
-        ) as tries_within_7_days
+        ) as same_events_within_7_days
 
     from events
-    where event_name = 'premium_feature_used'
 
 ),
 
@@ -67,21 +66,9 @@ moments as (
         properties,
         is_syncing
 
-    from events
+    from counted
     where event_name = 'plan_limit_reached'
-
-    union all
-
-    select
-        contact_id,
-        event_id,
-        event_name as reason,
-        occurred_at,
-        properties,
-        is_syncing
-
-    from tries
-    where tries_within_7_days >= 3
+        or (event_name = 'premium_feature_used' and same_events_within_7_days >= 3)
 
 ),
 
