@@ -119,7 +119,7 @@ def _due_sql(automation: Automation) -> str:
 _DUE = "nudge_due"
 
 
-def write_due(con: duckdb.DuckDBPyConnection, automation: Automation, params: dict[str, Any]) -> None:
+def _write_due(con: duckdb.DuckDBPyConnection, automation: Automation, params: dict[str, Any]) -> None:
     """The due rows into the temporary table _candidates_sql reads (on `con`: each connection,
     each cursor, has its own)."""
     sql = _due_sql(automation)
@@ -135,7 +135,7 @@ def _params_of(sql: str, params: dict[str, Any]) -> dict[str, Any]:
 def _candidates_sql(
     automation: Automation, contacts_relation: str, events_relation: str, suppressions_relation: str | None
 ) -> str:
-    """Every due row (write_due) with what its verdict needs: the contact, exits, the ledger's history."""
+    """Every due row (_write_due) with what its verdict needs: the contact, exits, the ledger's history."""
     entered = ", ".join(f"'{status}'" for status in ENTERED)
     counted = ", ".join(f"'{status}'" for status in CAPPED_STATUSES)
     if automation.exit_events:
@@ -481,7 +481,7 @@ def send_automation(
         # read sorts): DuckDB then writes in parallel. The cold 10M tick's 3.3 million skips took
         # 9.6 to 9.8 s instead of 11.4 s.
         reader.execute("set session preserve_insertion_order = false")
-        write_due(reader, automation, params)
+        _write_due(reader, automation, params)
         reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", _params_of(sql, params))
         _refuse_keys_named_twice(reader, automation)
         # Started now, compose workers are ready by the first batch: they start while the skips are written.
