@@ -243,6 +243,16 @@ class Aim:
             self.full = 0.5 * self.full + 0.5 * elapsed / self.left(decided)
 
 
+def trial_numbers(planned: int, figures: Figures, kills_wanted: int) -> Iterator[int]:
+    """The planned trials, then more (up to twice as many again) while fewer than `kills_wanted` kills
+    have landed inside a send. The aim is timed on a shared machine: under a sudden load it
+    overshoots, and a kill that lands after the worker finished tests nothing."""
+    trial = 0
+    while trial < planned or (figures.kills < kills_wanted and trial < 3 * planned):
+        yield trial
+        trial += 1
+
+
 def run_trial(workers: Workers, path: Path, url: str, journal: Path, rng: random.Random, aim: Aim,
               figures: Figures, received: Callable[[], set[str]]) -> set[str]:
     """Kill a worker once or more at random, then run it to completion; the claims kills left pending."""
@@ -306,7 +316,9 @@ def test_random_sigkills_never_send_a_message_twice_over_smtp(workers, pristine,
     settle(slow_sink)
     base, aim = baseline(workers, pristine, tmp_path, slow_sink.url)
     rng, figures, started = random.Random(SEED), Figures(), time.monotonic()
-    for trial in range(TRIALS):
+    # Most delays land inside a send (the open-claim cases are forced by the next test, not left to chance).
+    kills_wanted = TRIALS // 2
+    for trial in trial_numbers(TRIALS, figures, kills_wanted):
         path, journal = tmp_path / f"smtp-{trial}.duckdb", tmp_path / f"smtp-{trial}.journal"
         shutil.copy(pristine, path)
         first = len(slow_sink.messages)
@@ -326,8 +338,7 @@ def test_random_sigkills_never_send_a_message_twice_over_smtp(workers, pristine,
     assert not figures.lost_writes, figures.lost_writes
     assert figures.duplicates == 0
     assert max(figures.pending_per_kill, default=0) <= BATCH
-    # Most delays land inside a send (the open-claim cases are forced by the next test, not left to chance).
-    assert figures.kills >= TRIALS // 2
+    assert figures.kills >= kills_wanted
 
 
 def outbox_files(outbox: Path, whole: bool = False) -> Counter[str]:
@@ -358,7 +369,9 @@ def check_file_trial(path: Path, base: dict, outbox: Path, figures: Figures) -> 
 def test_random_sigkills_with_the_file_backend_end_all_sent(workers, pristine, tmp_path):
     base, aim = baseline(workers, pristine, tmp_path, f"file://{tmp_path / 'baseline-outbox'}")
     rng, figures, started = random.Random(SEED + 1), Figures(), time.monotonic()
-    for trial in range(max(TRIALS // 2, 1)):
+    planned = max(TRIALS // 2, 1)
+    kills_wanted = planned // 2
+    for trial in trial_numbers(planned, figures, kills_wanted):
         path, journal, outbox = (tmp_path / f"file-{trial}.duckdb", tmp_path / f"file-{trial}.journal",
                                  tmp_path / f"outbox-{trial}")
         shutil.copy(pristine, path)
@@ -375,7 +388,7 @@ def test_random_sigkills_with_the_file_backend_end_all_sent(workers, pristine, t
     print("\n" + figures.summary("file"))
     assert not figures.lost_writes, figures.lost_writes
     assert max(figures.pending_per_kill, default=0) <= BATCH
-    assert figures.kills >= max(TRIALS // 2, 1) // 2
+    assert figures.kills >= kills_wanted
 
 
 @pytest.fixture(scope="module")
