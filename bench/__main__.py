@@ -26,6 +26,7 @@ from rich.console import Console
 from bench.data import SIZES, Dataset, dataset
 from bench.figures import Figure, markdown, table
 from bench.sending import SMTP_CONNECTIONS, bench_sending
+from bench.set_aside import remove_set_aside, set_aside
 from bench.sql_bound import compile_models, run_script, script
 from bench.tick import run_tick_process
 from dagster_project.dbt_assets import tick_target_path
@@ -173,7 +174,7 @@ def bench_size(data: Dataset, work: Path, figures: list[Figure]) -> None:
     figures.append(Figure(label, "peak RSS of a tick", max(cold.peak_rss_mb, incremental.peak_rss_mb), "MB", None, "",
                           target=1536.0 if label == "10m" else None,
                           detail=f"cold {cold.peak_rss_detail}; incremental {incremental.peak_rss_detail}"))
-    shutil.rmtree(work / "outbox", ignore_errors=True)
+    set_aside(work / "outbox", work.parent)
 
 
 def _check(run, what: str) -> None:  # noqa: ANN001
@@ -215,19 +216,22 @@ def main() -> None:
     steps = STEPS_PER_SIZE * len(labels) + (SENDING_STEPS if args.messages else 0)
     with progress_bar(console, "make bench", steps) as advance:
         _advance = advance
-        for label in labels:
-            data = dataset(SIZES[label], args.cache, log=console.print)
-            try:
-                bench_size(data, args.out.parent / f"run-{label}", figures)
-            finally:
+        try:
+            for label in labels:
+                data = dataset(SIZES[label], args.cache, log=console.print)
+                try:
+                    bench_size(data, args.out.parent / f"run-{label}", figures)
+                finally:
+                    _write(args.out, figures)
+            if args.messages and labels:
+                # Sending does not depend on the history's size: once, on the first size's warehouse.
+                built = args.out.parent / f"run-{labels[0]}" / "warehouse" / "warehouse.duckdb"
+                figures.extend(bench_sending(args.out.parent / "send", built, DBT_PROJECT, REPO / "templates",
+                                             args.messages, log=_log))
                 _write(args.out, figures)
-        if args.messages and labels:
-            # Sending does not depend on the history's size: once, on the first size's warehouse.
-            built = args.out.parent / f"run-{labels[0]}" / "warehouse" / "warehouse.duckdb"
-            figures.extend(bench_sending(args.out.parent / "send", built, DBT_PROJECT, REPO / "templates",
-                                         args.messages, log=_log))
-            _write(args.out, figures)
-        _advance = None
+        finally:
+            _advance = None
+            remove_set_aside(args.out.parent)
 
     console.print(table(figures))
     console.print(f"Written to {args.out} and {args.out.with_suffix('.md')}")
