@@ -9,6 +9,7 @@ from dagster_project.ledger import (
     LEDGER_TABLE,
     DuplicateKeys,
     Entry,
+    NotClaimed,
     Outcome,
     ensure_ledger,
     mark,
@@ -138,3 +139,14 @@ def test_a_keyed_ledger_from_before_session_12_is_rebuilt_without_its_key_keepin
     ensure_ledger(connection)  # once only: a current ledger is left alone
     assert connection.execute(f"select * from {LEDGER_TABLE} order by trigger_key").fetchall() == before
     connection.close()
+
+
+def test_an_answer_for_a_message_never_claimed_is_refused_and_nothing_of_its_batch_is_marked(con):
+    record(con, [entry("k1"), entry("k2", "skipped", "stale")], as_of=AS_OF, now=NOW)
+    with pytest.raises(NotClaimed, match="1 of 2 answers name no pending claim, among them welcome/k2"):
+        mark(con, [Outcome("welcome", "k1", "sent"), Outcome("welcome", "k2", "sent")], as_of=AS_OF, now=NOW)
+    assert row(con, "k1") == ("pending", None, 0, None, AS_OF)
+    assert row(con, "k2") == ("skipped", "stale", 0, None, AS_OF)
+    # A mark of what was claimed still goes through on the same connection.
+    mark(con, [Outcome("welcome", "k1", "sent")], as_of=AS_OF, now=NOW)
+    assert row(con, "k1") == ("sent", None, 1, AS_OF, AS_OF)
