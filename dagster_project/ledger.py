@@ -17,7 +17,7 @@ from enum import StrEnum
 import duckdb
 import pyarrow as pa
 
-from dagster_project.migrations import has_primary_key, rebuild_table
+from dagster_project.migrations import has_primary_key, rebuild_table, rollback_if_open
 
 LEDGER_TABLE = "nudge.messages"
 MAX_ATTEMPTS = 3
@@ -247,7 +247,7 @@ def mark(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome], *, as_of: 
     # A claim is `pending` until its mark, and saying so lets DuckDB match the batch's keys against the
     # automation's few pending rows, not all of them: 6 ms against 28 ms for a batch of 1,000 beside the
     # 1.6 million skips of a cold 10M tick's workout_completed. The count proves no answer was dropped.
-    con.execute("begin transaction")
+    con.begin()
     try:
         ((updated,),) = con.execute(
             f"""
@@ -268,12 +268,12 @@ def mark(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome], *, as_of: 
             {"as_of": as_of, "now": now},
         ).fetchall()
     except BaseException:
-        con.execute("rollback")
+        rollback_if_open(con)
         raise
     if updated == len(outcomes):
-        con.execute("commit")
+        con.commit()
         return
-    con.execute("rollback")
+    con.rollback()
     unclaimed = con.execute(
         f"""
         select o.automation || '/' || o.trigger_key
