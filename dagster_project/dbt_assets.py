@@ -152,7 +152,7 @@ def _build(
                 profiles_dir=dbt.profiles,
                 target_path=target_path,
             )
-        run_results = _run_results(target_path) if run.results else {}
+        run_results = run.run_results
         outcomes = model_outcomes(run_results, manifest)
         # Held back until dbt has let go of the file, so each model's row count and preview
         # can be read and shown with its materialization.
@@ -214,13 +214,6 @@ def _not_built(run_results: Mapping[str, Any], outcomes: Mapping[str, tuple[str,
             lines.append(f"tests failed on {'; '.join(failed_tests)}")
         lines.append(f"skipped after a failure upstream: {', '.join(skipped)}")
     return lines
-
-
-def _run_results(target_path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((target_path / "run_results.json").read_text())
-    except FileNotFoundError:  # dbt stopped before running anything (a compile error)
-        return {}
 
 
 def build_dbt_assets(project: DbtProject) -> list[dg.AssetsDefinition]:

@@ -6,6 +6,7 @@ Real components: the project's dbt, a DuckDB file in a temporary folder, dbtRunn
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -23,6 +24,7 @@ def test_dbt_arguments_name_the_project_profiles_and_the_ticks_target_folder():
         "build", "--select", "fqn:*",
         "--project-dir", "/p", "--profiles-dir", "/q",
         "--target-path", "/p/target/tick_1", "--log-path", "/p/target/tick_1", "--log-format-file", "json",
+        "--no-write-json",
     ]
 
 
@@ -48,6 +50,13 @@ def test_two_builds_parse_the_project_once_and_let_go_of_the_file(warehouse, tmp
         assert ("LogSeedResult", "seed.nudge.iana_timezones") in finished
         assert any(name == "LogTestResult" and "iana_timezones" in unique_id for name, unique_id in finished)
     assert len([key for key in dbt_runner._manifests if key[2] == str(target)]) == 1
+    # no manifest.json rewritten per invocation; each build's run results, handed back and written
+    assert not (target / "manifest.json").exists()
+    written = json.loads((target / "run_results.json").read_text())
+    assert [result["unique_id"] for result in written["results"]] == [
+        result["unique_id"] for result in builds[-1].run_results["results"]
+    ]
+    assert "seed.nudge.iana_timezones" in {result["unique_id"] for result in written["results"]}
     # the file is free for a connection with other settings (the send step's) in this process
     with duckdb.connect(str(warehouse), config={"memory_limit": "64MB"}) as con:
         assert con.sql("select count(*) > 400 from seeds.iana_timezones").fetchall() == [(True,)]
@@ -58,6 +67,7 @@ def test_a_build_that_fails_says_so(warehouse, tmp_path):
                   profiles_dir=PROJECT, target_path=tmp_path / "target")
     assert not run.success
     assert run.results == []
+    assert run.run_results == {}
     assert run.error
 
 
