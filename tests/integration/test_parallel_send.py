@@ -17,7 +17,7 @@ from smtp_sink import SmtpSink
 
 from dagster_project.automations import Policy
 from dagster_project.backends import backend_from_url
-from dagster_project.backends.base import BackendUnavailable
+from dagster_project.backends.base import BackendUnavailable, Delivery, EmailBackend
 from dagster_project.send import send_automation
 
 EMAILS = [f"person{i}@example.com" for i in range(12)]
@@ -93,3 +93,36 @@ def test_after_an_outage_over_several_connections_nothing_the_server_took_is_sen
     assert len(second) == len(set(second))
     retried = {email_of[key] for key, (status, *_rest) in ledger(con).items() if status == "sent"} - first
     assert retried == set(second)
+
+
+class CountsOpenClaims(EmailBackend):
+    """A real SMTP backend that, as each message goes (on its sending thread), reads the ledger: how
+    many claims are open (pending), and whether this message's own claim is among them."""
+
+    def __init__(self, inner: EmailBackend, con) -> None:  # noqa: ANN001
+        self.inner, self.concurrency, self.description = inner, inner.concurrency, inner.description
+        self.con = con
+        self.open_claims: list[int] = []
+        self.claimed_first: list[bool] = []
+
+    def send(self, message) -> Delivery:  # noqa: ANN001
+        with self.con.cursor() as cursor:
+            pending = {message_id for (message_id,) in cursor.execute(
+                "select message_id from nudge.messages where status = 'pending'"
+            ).fetchall()}
+        self.open_claims.append(len(pending))
+        self.claimed_first.append(str(message["Message-ID"]) in pending)
+        return self.inner.send(message)
+
+
+def test_over_several_connections_each_message_is_claimed_before_it_goes_and_one_batch_at_most_is_open(con):
+    with SmtpSink(stall_seconds=0.05) as sink, backend_from_url(f"{sink.url}?connections=3") as smtp:
+        backend = CountsOpenClaims(smtp, con)
+        report = send(con, backend, batch_size=5)
+        received = sink.messages
+
+    assert report.sent == len(EMAILS) == len(received)
+    assert all(backend.claimed_first)  # its claim committed before it went, whichever thread sent it
+    # batches of 5, 5 and 2: the next is claimed only once the one before is marked
+    assert max(backend.open_claims) == 5
+    assert {row[:3] for row in ledger(con).values()} == {("sent", None, 1)}
