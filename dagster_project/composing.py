@@ -233,8 +233,9 @@ class _Worker:
             # Raised where the answer is awaited, so the batch the sender holds still goes out first.
             self._failed = ComposeFailed(f"{self._gone()}: {error}")
 
-    def answer(self) -> tuple[list[EmailMessage | str], float]:
-        """The job's messages (or why each has none), and the seconds the worker spent on them."""
+    def answer(self) -> tuple[list[Portable | str], float]:
+        """The job's messages as they crossed (or why each has none), and the seconds the worker
+        spent on them."""
         self._busy = False
         if self._failed is not None:
             raise self._failed
@@ -244,7 +245,7 @@ class _Worker:
         ok, result, seconds = answer
         if not ok:
             raise ComposeFailed(f"the compose worker failed:\n{result}")
-        return [_arrived(message) for message in pickle.loads(result)], seconds  # noqa: S301 - our own worker's
+        return pickle.loads(result), seconds  # noqa: S301 - our own worker's
 
     def _gone(self) -> str:
         try:
@@ -328,14 +329,24 @@ class ComposedBatch:
         self._size, self._first = size, first
         self._started = time.perf_counter()
 
-    def result(self) -> list[EmailMessage | str]:
-        """The messages of the candidates the workers took, in order (or why each has none);
-        ComposeFailed if a worker failed or died."""
+    def answers(self) -> list[Portable | str]:
+        """The workers' answers for the candidates they took, in order, as they crossed: `arrived`
+        makes them messages (or why each has none). ComposeFailed if a worker failed or died. Once
+        read, the workers are free for the next submit, while the caller makes the messages."""
         sender_seconds = time.perf_counter() - self._started
         answers = [worker.answer() for worker in self._workers]
         if not self._first:
             self._composers._balance(self._size, sender_seconds, max((seconds for _, seconds in answers), default=0.0))
         return [outcome for messages, _ in answers for outcome in messages]
+
+    def result(self) -> list[EmailMessage | str]:
+        """The messages of the candidates the workers took, in order (or why each has none)."""
+        return arrived(self.answers())
+
+
+def arrived(answers: Sequence[Portable | str]) -> list[EmailMessage | str]:
+    """Messages as the workers sent them across (ComposedBatch.answers), made messages again."""
+    return [_arrived(answer) for answer in answers]
 
 
 def _crossing(message: EmailMessage | str) -> Portable | str:

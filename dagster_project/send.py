@@ -54,9 +54,10 @@ from dagster_project.composing import (
     ComposeJob,
     Composers,
     SendConfig,
+    arrived,
     message_or_reason,
 )
-from dagster_project.messages import message_id, sender_domain
+from dagster_project.messages import Portable, message_id, sender_domain
 from dagster_project.policies import Candidate, TickState, Verdict, decide
 from dagster_project.rendering import EmailTemplate
 from dagster_project.suppressions import (
@@ -533,14 +534,23 @@ def send_automation(
                                   guard, clock, composers)
 
             upcoming = decide_next()
+            if upcoming is not None:
+                upcoming.submit()
             while upcoming is not None:
+                # The next batch's verdicts are reached while the workers still make this one's messages,
+                # and its own go to them as soon as they have answered: they do not wait while this batch
+                # is settled and the next one read. It is decided while this one is handed over (render and
+                # compose wait for no answer), and claimed only once this one is marked, so a crash leaves
+                # one batch open.
+                following = decide_next()
+                upcoming.collect()
+                if following is not None:
+                    following.submit()
                 decisions = upcoming.finish()
-                # The next batch is decided while this one is handed over (render and compose wait for
-                # no answer); it is claimed only once this one is marked, so a crash leaves one batch open.
-                upcoming = decide_next()
                 _send_batch(con, decisions, automation, handover, as_of, guard, report, clock, undelivered,
-                            idle=upcoming.step if upcoming is not None else None)
+                            idle=following.step if following is not None else None)
                 progress.update(report, decisions.total)
+                upcoming = following
         progress.finish(report)
     return report
 
@@ -640,9 +650,9 @@ class _Decisions:
     ledger or the report.
 
     Without `composers` the work is done a candidate at a time (`step`), so that it can fill the
-    waits of the batch before it. With them, every verdict is reached at once; the workers make
-    their share of the messages while this thread hands the batch before over and then makes the
-    rest (`step`, then `finish`, which collects the workers' share)."""
+    waits of the batch before it. With them, every verdict is reached at once; once `submit`ted, the
+    workers make their share of the messages while this thread hands the batch before over and then
+    makes the rest (`step`, then `collect`, which takes the workers' share, and `finish`)."""
 
     def __init__(
         self,
@@ -679,18 +689,31 @@ class _Decisions:
         self._here: deque[int] = deque()
         self._composed: ComposedBatch | None = None
         self._by_workers: list[int] = []
+        self._composers = composers
+        self._pending: list[int] = []
+        self._answers: list[Portable | str] = []
+        self._settled = False
         if composers is not None:
             try:
                 self._verdicts = [self._verdict(candidate) for candidate in candidates]
-                pending = [index for index, (_, verdict) in enumerate(self._verdicts)
-                           if verdict.status == Status.PENDING]
+                self._pending = [index for index, (_, verdict) in enumerate(self._verdicts)
+                                 if verdict.status == Status.PENDING]
                 self._messages = [None] * len(candidates)
-                self._composed = composers.submit(ComposeJob(automation, config, as_of, self.now),
-                                                  [self._verdicts[index][0] for index in pending])
-                self._by_workers = pending[:self._composed.taken]
-                self._here.extend(pending[self._composed.taken:])
             except BaseException as error:  # raised by finish(), as step() defers its own
                 self._error = error
+
+    def submit(self) -> None:
+        """With composers: hand the workers their share of the messages (the rest is made here, by
+        step()); only once they have answered for the batch before."""
+        if self._composers is None or self._error is not None:
+            return
+        try:
+            self._composed = self._composers.submit(ComposeJob(self.automation, self.config, self.as_of, self.now),
+                                                    [self._verdicts[index][0] for index in self._pending])
+            self._by_workers = self._pending[:self._composed.taken]
+            self._here.extend(self._pending[self._composed.taken:])
+        except BaseException as error:  # raised by finish()
+            self._error = error
 
     def step(self) -> bool:
         """Decide one more candidate (with composers: make one more message here); False when there is
@@ -714,17 +737,24 @@ class _Decisions:
             return False
         return True
 
-    def finish(self) -> "_Decisions":
+    def collect(self) -> None:
+        """Make what is left here, and take the workers' messages: they are free for the next batch."""
         while self.step():
             pass
         if self._error is not None:
             raise self._error
-        if self._verdicts is not None and self._composed is not None:
-            for index, message in zip(self._by_workers, self._composed.result(), strict=True):
+        if self._composed is not None:
+            self._answers = self._composed.answers()
+            self._composed = None
+
+    def finish(self) -> "_Decisions":
+        self.collect()
+        if self._verdicts is not None and not self._settled:
+            self._settled = True
+            for index, message in zip(self._by_workers, arrived(self._answers), strict=True):
                 self._messages[index] = message
             for (candidate, verdict), message in zip(self._verdicts, self._messages, strict=True):
                 self._settle(candidate, verdict, message)
-            self._composed = None
         return self
 
     def _message(self, candidate: Candidate) -> EmailMessage | str:
