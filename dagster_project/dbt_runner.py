@@ -12,9 +12,10 @@ for it, which dagster-dbt turns into materializations and check results as it do
 subprocess. dbt keeps global state (flags, adapters): one invocation at a time per process.
 
 dbt's own JSON artifacts are not written: every invocation, the parse included, rewrote the
-whole manifest.json (0.2 to 0.6 s each, three a tick), which nothing reads here (the Dagster
-code loads the prepared one, under target/). A build's run_results.json is still written, from
-the results the invocation hands back.
+whole manifest.json, three times a tick, which nothing reads here (the Dagster code loads the
+prepared one, under target/); a tick with nothing new at 10M spent about 0.2 s less in dbt
+without them. A build's run_results.json is still written, from the results the invocation
+hands back.
 """
 
 from __future__ import annotations
