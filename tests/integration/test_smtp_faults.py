@@ -123,9 +123,11 @@ def test_rate_spaces_messages_at_the_server(smtp_sink):
     stamps = [m.received_at for m in smtp_sink.messages]
     assert len(stamps) == 6
     assert stamps[-1] - stamps[0] >= 5 / 5 - JITTER, stamps[-1] - stamps[0]
-    # Every gap, not only the average: no burst anywhere.
+    # Everywhere, not only on average: no burst. A message held up on its way (a busy machine)
+    # shortens the gap after it by as much as it lengthens the one before, so each two gaps in a
+    # row still span two intervals; two messages let through at once would not.
     gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
-    assert min(gaps) >= 1 / 5 - JITTER, gaps
+    assert min(first + second for first, second in zip(gaps, gaps[1:])) >= 2 / 5 - JITTER, gaps
 
 
 def test_rate_is_shared_by_every_connection_and_connections_caps_them(smtp_sink):
