@@ -255,6 +255,10 @@ class _Worker:
         return f"the compose worker (pid {self.process.pid}) exited with code {code}"
 
     def close(self) -> None:
+        if self._busy:
+            # Its answer will never be read (the send stopped first): a worker blocked writing it would
+            # never see its input end, and closing would wait out the timeout below for nothing.
+            self.process.kill()
         try:
             self.process.stdin.close()  # type: ignore[union-attr]  # the worker's signal to finish
         except OSError:

@@ -9,6 +9,7 @@ it held is claimed, and the next send delivers the rest exactly once.
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -135,6 +136,20 @@ def send(con, outbox: Path, processes: int):
 
 def outbox_files(outbox: Path) -> dict[str, bytes]:
     return {str(path.relative_to(outbox)): path.read_bytes() for path in sorted(outbox.rglob("*.eml"))}
+
+
+def test_closing_with_an_answer_unread_does_not_wait_for_it():
+    # A send that stops mid-batch (its backend gone) closes the workers while one still makes the next
+    # batch: its answer, megabytes, fills the pipe nobody reads. Closing must not wait for it (it had
+    # waited out its 30 s timeout before killing the worker).
+    job = ComposeJob(WELCOME, CONFIG, AS_OF, NOW)
+    composers = Composers(1)
+    worker = composers._workers[0]
+    composers.submit(job, [candidate(number) for number in range(3000)])
+    started = time.monotonic()
+    composers.close()
+    assert time.monotonic() - started < 15
+    assert worker.process.returncode is not None  # gone, not left behind
 
 
 def test_a_send_with_workers_writes_what_a_send_without_them_writes(tmp_path, monkeypatch):
