@@ -305,7 +305,7 @@ class Composers:
 
     def submit(self, job: ComposeJob, candidates: Sequence[Candidate]) -> "ComposedBatch":
         """Start the workers on the first `ComposedBatch.taken` of `candidates`; the caller makes the
-        others meanwhile, then calls ComposedBatch.result() (before the next submit)."""
+        others meanwhile, then calls ComposedBatch.answers() (before the next submit)."""
         taken = min(len(candidates), max(1, round(len(candidates) * self.share)))
         per_worker = -(-taken // len(self._workers)) or 1
         working = []
@@ -342,10 +342,6 @@ class ComposedBatch:
         if not self._first:
             self._composers._balance(self._size, sender_seconds, max((seconds for _, seconds in answers), default=0.0))
         return [outcome for messages, _ in answers for outcome in messages]
-
-    def result(self) -> list[EmailMessage | str]:
-        """The messages of the candidates the workers took, in order (or why each has none)."""
-        return arrived(self.answers())
 
 
 def arrived(answers: Sequence[Portable | str]) -> list[EmailMessage | str]:

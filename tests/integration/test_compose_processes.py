@@ -20,7 +20,7 @@ import dagster_project.send as send_module
 from dagster_project.automations import Policy
 from dagster_project.backends.base import composed_bytes
 from dagster_project.backends.file import FileBackend
-from dagster_project.composing import ComposeFailed, ComposeJob, Composers, message_or_reason
+from dagster_project.composing import ComposeFailed, ComposeJob, Composers, arrived, message_or_reason
 from dagster_project.policies import Candidate
 from dagster_project.rendering import EmailTemplate
 
@@ -62,13 +62,13 @@ def test_workers_make_the_messages_this_process_would_in_order(processes):
         composers.share = 1.0  # every candidate to the workers
         batch = composers.submit(job, CANDIDATES)
         assert batch.taken == len(CANDIDATES)
-        arrived = batch.result()
+        arrived_messages = arrived(batch.answers())
         composers.share = 0.5  # half of the next batch; the caller makes the rest
         second = composers.submit(job, CANDIDATES)
         assert second.taken == len(CANDIDATES) // 2
-        second_arrived = second.result()
+        second_arrived = arrived(second.answers())
 
-    got = [message if isinstance(message, str) else composed_bytes(message) for message in arrived]
+    got = [message if isinstance(message, str) else composed_bytes(message) for message in arrived_messages]
     assert got == expected
     assert [m if isinstance(m, str) else composed_bytes(m) for m in second_arrived] == expected[: second.taken]
 
@@ -96,12 +96,12 @@ def test_the_share_is_balanced_by_the_batchs_size_not_the_workers_part_of_it():
     many = [candidate(number) for number in range(100)]
     with Composers(1) as composers:
         composers.share = 0.5
-        composers.submit(job, many).result()  # the worker's first job loads the template: not measured
+        composers.submit(job, many).answers()  # the worker's first job loads the template: not measured
         assert composers.share == 0.5
         composers.share = 0.1
         batch = composers.submit(job, many)
         assert batch.taken == 10
-        batch.result()  # asked at once, so the sender waited: the worker gets less
+        batch.answers()  # asked at once, so the sender waited: the worker gets less
         assert composers.share < 0.1
 
 
@@ -110,7 +110,7 @@ def test_a_worker_that_fails_says_why():
     with Composers(1) as composers:
         composers.share = 1.0
         with pytest.raises(ComposeFailed, match="(?s)the compose worker failed.*nonexistent"):
-            composers.submit(job, CANDIDATES).result()
+            composers.submit(job, CANDIDATES).answers()
 
 
 def test_a_worker_that_dies_says_so():
@@ -118,7 +118,7 @@ def test_a_worker_that_dies_says_so():
         composers.share = 1.0
         composers._workers[0].process.kill()
         with pytest.raises(ComposeFailed, match="exited with code -9"):
-            composers.submit(ComposeJob(WELCOME, CONFIG, AS_OF, NOW), CANDIDATES).result()
+            composers.submit(ComposeJob(WELCOME, CONFIG, AS_OF, NOW), CANDIDATES).answers()
 
 
 EMAILS = [f"person{number}@example.com" for number in range(40)]
