@@ -19,7 +19,7 @@ their contact; a row with neither id is rejected.
 
 # No `from __future__ import annotations` here: Dagster reads the asset functions' type hints at runtime.
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -190,6 +190,12 @@ def _text_frame_schema(fields: dict[str, str]) -> dict[str, pl.DataType]:
     return schema
 
 
+def _nulls(name: str, height: int) -> pl.Series:
+    # Not pl.Series([None] * height): polars scans such a list in Python for its first value, about
+    # 0.5 s for the four all-null columns of 10M rows from Parquet.
+    return pl.repeat(None, height, dtype=pl.String, eager=True).alias(name)
+
+
 def _json_text(value: object) -> str:
     return orjson.dumps(value, default=str).decode()
 
@@ -269,7 +275,7 @@ def _fields_from_json(values: pl.DataFrame, fields: dict[str, str]) -> dict[str,
         out = out.with_columns(out.get_column(target).scatter(wrong, None))
         for index, value in zip(wrong.to_list(), values.get_column(name).gather(wrong).to_list()):
             field_errors.setdefault(index, []).append(f"{name} must be text, got {_shown(value)}")
-    errors = pl.Series("field_errors", [None] * values.height, dtype=pl.String)
+    errors = _nulls("field_errors", values.height)
     if field_errors:
         errors = errors.scatter(list(field_errors), pl.Series(["; ".join(m) for m in field_errors.values()]))
     columns = {name: out.get_column(name) for name in out.columns if not name.startswith("_")}
@@ -298,8 +304,8 @@ def _jsonl_text_frame(lines: pl.DataFrame, fields: dict[str, str], json_con: duc
         values = values.sort("source_line")  # DuckDB keeps insertion order; this only guards it
     is_json = values.get_column("is_json").fill_null(False)
     is_object = is_json & lines.get_column("raw").str.strip_chars_start().str.starts_with("{")
-    parse_error = pl.Series("parse_error", [None] * lines.height, dtype=pl.String)
-    parse_kind = pl.Series("parse_kind", [None] * lines.height, dtype=pl.String)
+    parse_error = _nulls("parse_error", lines.height)
+    parse_kind = _nulls("parse_kind", lines.height)
     if not is_object.all():
         broken = (~is_object).arg_true()
         texts = lines.get_column("raw").gather(broken).to_list()
@@ -370,15 +376,15 @@ def _text_frame_from_columns(
 ) -> pl.DataFrame:
     """CSV/Parquet columns (any dtype) -> a text frame."""
     height = frame.height
-    field_errors = pl.Series("field_errors", [None] * height, dtype=pl.String)
+    field_errors = _nulls("field_errors", height)
     out: dict[str, pl.Series] = {
         "source_line": source_line,
         "raw": raw,
-        "parse_error": pl.Series([None] * height, dtype=pl.String),
-        "parse_kind": pl.Series([None] * height, dtype=pl.String),
+        "parse_error": _nulls("parse_error", height),
+        "parse_kind": _nulls("parse_kind", height),
     }
     for name, kind in fields.items():
-        column = frame.get_column(name) if name in frame.columns else pl.Series(name, [None] * height, dtype=pl.String)
+        column = frame.get_column(name) if name in frame.columns else _nulls(name, height)
         dtype = column.dtype
         if kind == PROPERTIES:
             if isinstance(dtype, pl.Struct):
@@ -399,7 +405,7 @@ def _text_frame_from_columns(
         elif dtype.is_nested() or dtype == pl.Binary or (dtype.is_float() and kind == TEXT):
             message = pl.lit(f"{name} must be text, not a {dtype} value")
             field_errors = pl.select(_append_error(pl.lit(field_errors), column.is_not_null(), message)).to_series()
-            column = pl.Series(name, [None] * height, dtype=pl.String)
+            column = _nulls(name, height)
         else:
             column = column.cast(pl.String)
         out[f"{name}_text" if kind == FLAG else name] = column
@@ -470,7 +476,7 @@ def _read_csv(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyConne
         yield _text_frame_from_columns(frame, fields, source_line, raw, json_con)
     else:
         source_line = pl.int_range(2, 2 + frame.height, eager=True).alias("source_line")
-        no_text = pl.Series("raw", [None] * frame.height, dtype=pl.String)
+        no_text = _nulls("raw", frame.height)
         yield _with_original_rows(_text_frame_from_columns(frame, fields, source_line, no_text, json_con), frame)
 
 
@@ -480,7 +486,7 @@ def _read_parquet(path: Path, fields: dict[str, str], json_con: duckdb.DuckDBPyC
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
         source_line = pl.int_range(row_number, row_number + frame.height, eager=True).alias("source_line")
-        no_text = pl.Series("raw", [None] * frame.height, dtype=pl.String)
+        no_text = _nulls("raw", frame.height)
         yield _with_original_rows(_text_frame_from_columns(frame, fields, source_line, no_text, json_con), frame)
         row_number += frame.height
 
@@ -894,9 +900,10 @@ class _BatchWriter:
     Events of several files share an insert; a file is recorded once all its rows are written, so its
     rows_loaded is known, and always in the same transaction as its rows.
 
-    An insert runs on a thread of its own while the next chunks are read and checked (DuckDB and polars
-    let go of the interpreter, so the two use both cores); at most one is in flight, and the warehouse
-    connection is only touched from one thread at a time: the writer's while an insert runs.
+    An insert runs on a thread of its own while the next chunks are read (the loading thread) and
+    checked (_ChecksAhead's thread); DuckDB and polars let go of the interpreter, so the three share
+    both cores. At most one insert is in flight, and the warehouse connection is only touched from one
+    thread at a time: the writer's while an insert runs.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, target: _Target, loaded_at: datetime):
@@ -1016,35 +1023,88 @@ def _load_batch(
     rows = 0
     position = start
     writer = _BatchWriter(con, target, loaded_at)
+    checks = _ChecksAhead(writer, target, loaded_at)
     con.begin()
     try:
         while position < len(pending) and (rows < COMMIT_EVERY_ROWS or not results):
             file = pending[position]
-            result = _load_file(writer, json_con, target, file, loaded_at)
+            result, rows_read = _load_file(checks, json_con, target, file)
             results.append(result)
-            rows += result.rows_read
+            rows += rows_read
             position += 1
+        checks.finish()
         writer.flush()
         con.commit()
     except BaseException:
+        checks.close()
         writer.close()  # no insert may still run when the transaction is rolled back
         rollback_if_open(con)
         raise
+    checks.close()
     writer.close()
     for result in results:
         _add(report, result)
     return position
 
 
+class _ChecksAhead:
+    """Checks each chunk on a thread of its own while the next one is read, and hands the checked
+    chunks to the writer in the order they were read (the first row of an id wins in load order).
+
+    Reading, checking and inserting then share both cores: polars and DuckDB let go of the
+    interpreter. At most one check waits to be handed over, so at most about three chunks are in
+    memory at once: one being read, one checked, one inserted.
+    """
+
+    def __init__(self, writer: _BatchWriter, target: _Target, loaded_at: datetime):
+        self._writer = writer
+        self._target = target
+        self._loaded_at = loaded_at
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nudge-ingest-check")
+        # (file, its result, the chunk's check) in reading order; no check marks the file's end
+        self._queue: deque[tuple[_PendingFile, _FileResult, Future[_Checked] | None]] = deque()
+        self._checking = 0
+
+    def check(self, file: _PendingFile, result: _FileResult, chunk: pl.DataFrame) -> None:
+        check = self._checker.submit(_check_chunk, self._target, chunk, file.source_file, self._loaded_at)
+        self._queue.append((file, result, check))
+        self._checking += 1
+        self._hand_over(keep=1)
+
+    def file_read(self, file: _PendingFile, result: _FileResult) -> None:
+        self._queue.append((file, result, None))
+        self._hand_over(keep=1)
+
+    def finish(self) -> None:
+        self._hand_over(keep=0)
+
+    def close(self) -> None:
+        for _, _, check in self._queue:
+            if check is not None:
+                check.cancel()
+        self._queue.clear()
+        self._checker.shutdown(wait=True)
+
+    def _hand_over(self, keep: int) -> None:
+        while self._queue and (self._queue[0][2] is None or self._checking > keep):
+            file, result, check = self._queue.popleft()
+            if check is None:
+                self._writer.finish_file(file, result)
+            else:
+                self._checking -= 1
+                self._writer.add(file, result, check.result())
+
+
 def _load_file(
-    writer: _BatchWriter,
+    checks: _ChecksAhead,
     json_con: duckdb.DuckDBPyConnection,
     target: _Target,
     file: _PendingFile,
-    loaded_at: datetime,
-) -> _FileResult:
+) -> tuple[_FileResult, int]:
+    """Read a file's chunks and hand them to be checked; its result fills in as they are written."""
     reader = READERS[LANDING_SUFFIXES[file.path.suffix.lower()]]
     result = _FileResult()
+    rows_read = 0
     chunks = reader(file.path, target.fields, json_con)
     while True:
         try:
@@ -1053,9 +1113,10 @@ def _load_file(
             raise _UnreadableFileError(file, error) from error
         if chunk is None:
             break
-        writer.add(file, result, _check_chunk(target, chunk, file.source_file, loaded_at))
-    writer.finish_file(file, result)
-    return result
+        rows_read += chunk.height
+        checks.check(file, result, chunk)
+    checks.file_read(file, result)
+    return result, rows_read
 
 
 def _unreadable_file(
