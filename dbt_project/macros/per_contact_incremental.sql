@@ -46,9 +46,10 @@
 {%- endmacro %}
 
 
-{% macro nudge_contact_watermark() -%}
+{% macro nudge_contact_watermark(clocked=true) -%}
     {#- The last build's {as_of, events_loaded_until, contacts_loaded_until}, or none
-        when the whole model is to be rebuilt. -#}
+        when the whole model is to be rebuilt. `clocked=false`: the model's rows do not
+        depend on the clock, so one that moved back rebuilds nothing. -#}
     {#- A dbt unit test has no relation of its own (`this` is none): it sees everything. -#}
     {%- if not execute or this is none or not is_incremental() -%}
         {{ return(none) }}
@@ -67,7 +68,7 @@
     {%- endif -%}
     {%- set last = rows[0] -%}
     {#- A clock that moved back: rows built later than this run's as_of must go. -#}
-    {%- if last[0][:19] > nudge_as_of_text()[:19] -%}
+    {%- if clocked and last[0][:19] > nudge_as_of_text()[:19] -%}
         {{ return(none) }}
     {%- endif -%}
     {#- Before every model recorded its contact loads, one that did not read stg_contacts
@@ -258,8 +259,10 @@
 {%- endmacro %}
 
 
-{% macro nudge_record_contact_watermark() -%}
-    {#- Post-hook: the clock and load times this build saw, for the next build to start from. -#}
+{% macro nudge_record_contact_watermark(events_from='int_events_stitched', contacts_from='stg_contacts') -%}
+    {#- Post-hook: the clock and load times this build saw, for the next build to start from.
+        The loads are read from the models named, which the model must depend on already (a
+        model upstream of int_events_stitched reads stg_events; none records no time). -#}
     {%- set relation = nudge_contact_watermarks_relation() -%}
     create table if not exists {{ relation }} (
         model_name {{ dbt.type_string() }},
@@ -272,8 +275,14 @@
     select
         '{{ this.identifier }}',
         {{ nudge_as_of() }},
-        (select max(loaded_at) from {{ ref('int_events_stitched') }}),
-        (select max(loaded_at) from {{ ref('stg_contacts') }})
+        {% for loads_from in [events_from, contacts_from] -%}
+            {%- if loads_from is none -%}
+                cast(null as {{ dbt.type_timestamp() }})
+            {%- else -%}
+                (select max(loaded_at) from {{ ref(loads_from) }})
+            {%- endif -%}
+            {{- ',' if not loop.last }}
+        {% endfor %}
 {%- endmacro %}
 
 

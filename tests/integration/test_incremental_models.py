@@ -115,6 +115,29 @@ WAKING_EVENTS = [
     _event("e_inctest_add", "c_inctest_carter", "added_to_cart", WAKE - timedelta(hours=1), product_id="p_inctest",
            category="equipment", price=9.5, quantity=1),
 ]
+# Bounces and complaints for int_email_suppressions, whose rows are the first permanent failure of
+# each address at or before the clock. Two addresses' first reports arrive in load 1; in load 2, an
+# earlier complaint of the first (it must replace the row held) and a later one of the second (it
+# must not: only the row held says it came later), and a hard bounce of a third address at WAKE,
+# loaded at T2 (only the clock brings it, at T3).
+BOUNCED = "bounced@example.com"
+HELD = "held@example.com"
+WAKING_BOUNCE = "waking-bounce@example.com"
+FIRST_REPORTS = [
+    _event("e_inctest_bounce_first", "c_inctest_bounced", "email_bounced", datetime(2026, 10, 26, 12, tzinfo=UTC),
+           email=" Bounced@Example.com", type="hard", message_id="<first@nudge.example>"),
+    _event("e_inctest_bounce_held", "c_inctest_bounced", "email_bounced", datetime(2026, 10, 26, 12, tzinfo=UTC),
+           email=HELD, type="hard"),
+]
+LATE_REPORTS = [
+    _event("e_inctest_complaint_earlier", "c_inctest_bounced", "email_complained", datetime(2026, 10, 26, 11, tzinfo=UTC),
+           email=BOUNCED, message_id="<earlier@nudge.example>"),
+    _event("e_inctest_complaint_later", "c_inctest_bounced", "email_complained", datetime(2026, 10, 29, tzinfo=UTC),
+           email=HELD),
+    _event("e_inctest_bounce_waking", "c_inctest_bounced", "email_bounced", WAKE, email=WAKING_BOUNCE, type="Hard"),
+    _event("e_inctest_bounce_soft", "c_inctest_bounced", "email_bounced", datetime(2026, 10, 29, tzinfo=UTC),
+           email="soft-bounce@example.com", type="soft"),
+]
 FREE_CONTACT = {
     "contact_id": "c_inctest_free", "email": "free@example.com", "status": "subscribed", "first_name": "Free",
     "last_name": "Plan", "timezone": "UTC", "properties": {"plan": "free"}, "updated_at": "2026-10-01T00:00:00Z",
@@ -213,13 +236,13 @@ def split_sample(sample: Path) -> Split:
             if not (row and row.get("event_id") in held_ids)
         )
     (kept_file,) = [name for name in early if kept in rows[name]]
-    split.load1[f"events/{kept_file}"] += orjson.dumps(guest_cart) + b"\n"
+    split.load1[f"events/{kept_file}"] += b"".join(orjson.dumps(row) + b"\n" for row in [guest_cart, *FIRST_REPORTS])
     late_lines = [
         line for name in early for line, row in zip(files[name], rows[name], strict=True)
         if row and row.get("event_id") in held_ids
     ]
     late_lines += [orjson.dumps(relink) + b"\n", orjson.dumps(anonymous_after) + b"\n"]
-    late_lines += [orjson.dumps(event) + b"\n" for event in WAKING_EVENTS]
+    late_lines += [orjson.dumps(event) + b"\n" for event in [*WAKING_EVENTS, *LATE_REPORTS]]
     split.load2["events/late-arrivals.jsonl"] = b"".join(late_lines)
 
     late_rows = [row for name in files if name not in early for row in rows[name] if row]
@@ -327,7 +350,8 @@ PER_CONTACT_MODELS = (
     "seg_free_plan_engaged", "seg_recent_buyers", "trg_upgrade_moment", "trg_workout_completed", "trg_browse_abandoned",
     "trg_clicked_no_purchase", "trg_first_login_nudge", "trg_cart_abandoned", "trg_welcome",
 )
-INCREMENTAL_MODELS = ("int_events_stitched", *PER_CONTACT_MODELS)
+FIRST_PER_KEY_MODELS = ("int_identity_map", "int_email_suppressions")
+INCREMENTAL_MODELS = ("int_events_stitched", *PER_CONTACT_MODELS, *FIRST_PER_KEY_MODELS)
 
 
 def incremental_sql(run_results: dict) -> dict[str, str]:
@@ -550,3 +574,39 @@ def test_int_events_is_the_clocked_identity_maps_answer(runs, copy):
     assert runs.query(f"({actual}) except all ({expected})") == []
     assert runs.query(f"({expected}) except all ({actual})") == []
     assert runs.count(copy, "int_events") > 5000
+
+
+def test_first_per_key_models_read_only_the_events_since_their_last_build(runs):
+    # int_identity_map does not depend on the clock: a clock moved back reads only the new events
+    # too. int_email_suppressions does: it reads everything again then (and on a first build and
+    # a full refresh), and otherwise the events loaded, or reached by the clock, since.
+    def reads_since(model: str) -> dict[str, bool]:
+        return {copy: "loaded_at > " in sql[model] for copy, sql in runs.compiled.items()}
+
+    incremental = {"incremental_t1": False, "incremental_t2": True, "incremental_t0": True, "rewound": True,
+                   "replayed_t0": True, "incremental_t3": True, "alone_t4": True,
+                   "full_t2": False, "full_t0": False, "full_t3": False, "full_t4": False}
+    assert reads_since("int_identity_map") == incremental
+    assert reads_since("int_email_suppressions") == {**incremental, "incremental_t0": False, "rewound": False}
+    assert "occurred_at > cast(" in runs.compiled["incremental_t3"]["int_email_suppressions"]
+
+
+def test_email_suppressions_keep_each_addresss_first_failure_by_the_clock(runs):
+    def suppressed(copy: str) -> dict[str, tuple[str, str]]:
+        rows = runs.query(f"select email, reason, event_id from {copy}.int_email_suppressions where email like '%@example.com'")
+        return {email: (reason, event_id) for email, reason, event_id in rows}
+
+    held = {HELD: ("hard_bounce", "e_inctest_bounce_held")}
+    first = {BOUNCED: ("hard_bounce", "e_inctest_bounce_first"), **held}
+    earlier = {BOUNCED: ("complaint", "e_inctest_complaint_earlier"), **held}
+    waking = {WAKING_BOUNCE: ("hard_bounce", "e_inctest_bounce_waking")}
+    assert {copy: suppressed(copy) for copy in runs.compiled} == {
+        "incremental_t1": first,
+        "incremental_t2": {**earlier, **waking},  # the earlier complaint replaced the row held; the later one did not
+        "incremental_t0": earlier,  # the clock moved back before the waking bounce
+        "rewound": {},
+        "replayed_t0": earlier,
+        "incremental_t3": {**earlier, **waking},  # loaded long before, brought by the clock alone
+        "alone_t4": {**earlier, **waking},
+        "full_t2": {**earlier, **waking}, "full_t0": earlier, "full_t3": {**earlier, **waking}, "full_t4": {**earlier, **waking},
+    }
