@@ -24,8 +24,13 @@ def test_dbt_arguments_name_the_project_profiles_and_the_ticks_target_folder():
         "build", "--select", "fqn:*",
         "--project-dir", "/p", "--profiles-dir", "/q",
         "--target-path", "/p/target/tick_1", "--log-path", "/p/target/tick_1", "--log-format-file", "json",
-        "--no-write-json",
+        "--log-level-file", "info", "--no-write-json",
     ]
+
+
+def test_dbts_own_file_log_level_wins_over_the_ticks_info():
+    arguments = dbt_arguments(["build"], Path("/p"), Path("/q"), Path("/t"), environ={"DBT_LOG_LEVEL_FILE": "debug"})
+    assert "--log-level-file" not in arguments
 
 
 @pytest.fixture
@@ -57,6 +62,10 @@ def test_two_builds_parse_the_project_once_and_let_go_of_the_file(warehouse, tmp
         result["unique_id"] for result in builds[-1].run_results["results"]
     ]
     assert "seed.nudge.iana_timezones" in {result["unique_id"] for result in written["results"]}
+    # the log beside them: a line per node, none per query (DBT_LOG_LEVEL_FILE=debug brings those back)
+    logged = [json.loads(line)["info"]["name"] for line in (target / "dbt.log").read_text().splitlines()]
+    assert "LogSeedResult" in logged and "LogTestResult" in logged
+    assert "SQLQuery" not in logged
     # the file is free for a connection with other settings (the send step's) in this process
     with duckdb.connect(str(warehouse), config={"memory_limit": "64MB"}) as con:
         assert con.sql("select count(*) > 400 from seeds.iana_timezones").fetchall() == [(True,)]
