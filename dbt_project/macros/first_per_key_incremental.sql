@@ -24,9 +24,15 @@
 {%- endmacro %}
 
 
+{% macro nudge_first_per_key_is_clocked() -%}
+    {#- Whether this model's rows depend on the clock (nudge_first_per_key_model's `clocked`). -#}
+    {{ return((config.get('meta') or {}).get('nudge_clocked', true)) }}
+{%- endmacro %}
+
+
 {% macro nudge_first_per_key_watermark() -%}
     {#- This model's last build (nudge_contact_watermark), or none when it reads every event. -#}
-    {{ return(nudge_contact_watermark(clocked=(config.get('meta') or {}).get('nudge_clocked', true))) }}
+    {{ return(nudge_contact_watermark(clocked=nudge_first_per_key_is_clocked())) }}
 {%- endmacro %}
 
 
@@ -55,7 +61,7 @@
             select * from {{ events }} where loaded_at > {{ loaded_until }}
             union all
             select * from {{ events }} where loaded_at is null
-            {%- if (config.get('meta') or {}).get('nudge_clocked', true) %}
+            {%- if nudge_first_per_key_is_clocked() %}
             union all
             select * from {{ events }}
             where occurred_at > {{ nudge_timestamp_literal(last.as_of) }}
