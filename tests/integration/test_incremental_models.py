@@ -15,7 +15,10 @@ link anonymous events of load 1 (some of them happened before T1 and arrive late
 identify of an already stitched device to another contact (its history moves), and a new
 anonymous event of a device stitched in load 1. The per-contact models (PER_CONTACT_MODELS) rebuild at T2 only the contacts with something new, and everyone when the
 clock moves back to T0. Planted contacts (WAKING) change between T0 and T3 only because time
-passes: a browse goes quiet, a contact turns dormant, a purchase leaves its 30 days.
+passes: a browse goes quiet, a contact turns dormant, a purchase leaves its 30 days. The
+first-per-key models (FIRST_PER_KEY_MODELS) read only the events since their last build: load 2
+brings an earlier and a later report for addresses load 1 already suppressed (FIRST_REPORTS, LATE_REPORTS), and a bounce
+that only the clock brings in, between T0 and T3.
 """
 
 from __future__ import annotations
