@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -200,9 +201,12 @@ def _widen(pipe: IO[bytes] | None) -> None:
 
 _PIPE_BYTES = 1 << 20
 
+# A worker's first frame: its imports are done and it takes jobs.
+_READY = "ready"
+
 
 class _Worker:
-    """One worker process, one job at a time.
+    """One worker process, one job at a time, from when it says it is ready.
 
     Its answer is read on the thread that waits for it, not by a thread of its own: such a thread
     takes the interpreter's lock back after every read from the pipe, and the sending thread then
@@ -222,6 +226,21 @@ class _Worker:
             _widen(pipe)
         self._busy = False
         self._failed: ComposeFailed | None = None
+        self._ready = False
+
+    def ready(self) -> bool:
+        """Whether it has started (a third of a second of imports) and can take a job: asked without
+        waiting, so a send makes its first batches itself rather than wait for the worker to start."""
+        return self.wait_until_ready(0.0)
+
+    def wait_until_ready(self, timeout: float) -> bool:
+        if not self._ready and select.select([self.process.stdout], [], [], timeout)[0]:
+            greeting = _read_frame(self.process.stdout)  # type: ignore[arg-type]
+            if greeting != _READY:
+                # Gone before its first job: that job's answer says so (answer() raises this).
+                self._failed = ComposeFailed(self._gone() if greeting is None else f"the compose worker said {greeting!r}")
+            self._ready = True
+        return self._ready
 
     def submit(self, job: ComposeJob, candidates: Sequence[Candidate]) -> None:
         if self._busy:
@@ -277,7 +296,10 @@ class Composers:
 
     The share is balanced batch by batch: when the workers answered before they were asked, they
     get more; when the sender waited for them, less. How much each side has to do depends on the
-    backend (a file's creation, an SMTP server's answer) and on what else runs on the machine."""
+    backend (a file's creation, an SMTP server's answer) and on what else runs on the machine.
+    A worker still starting gets no share: the sending process makes the batch itself. (Waiting for
+    it held the first batch of a 10,000-message send to the file backend 0.43 s against 0.2 s;
+    4,118 to 4,953 msg/s against 4,036 to 4,537 in four alternating pairs.)"""
 
     # Batches smaller than this say too little about the two sides' pace to move the share.
     _BALANCE_FROM = 50
@@ -303,17 +325,27 @@ class Composers:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def wait_until_ready(self, timeout: float = 30.0) -> "Composers":
+        """Return once every worker can take a job (or `timeout` has passed)."""
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.wait_until_ready(max(0.0, deadline - time.monotonic()))
+        return self
+
     def submit(self, job: ComposeJob, candidates: Sequence[Candidate]) -> "ComposedBatch":
-        """Start the workers on the first `ComposedBatch.taken` of `candidates`; the caller makes the
-        others meanwhile, then calls ComposedBatch.answers() (before the next submit)."""
-        taken = min(len(candidates), max(1, round(len(candidates) * self.share)))
-        per_worker = -(-taken // len(self._workers)) or 1
+        """Start the ready workers on the first `ComposedBatch.taken` of `candidates`; the caller makes
+        the others meanwhile, then calls ComposedBatch.answers() (before the next submit)."""
+        ready = [worker for worker in self._workers if worker.ready()]
+        share = self.share * len(ready) / len(self._workers)
+        taken = min(len(candidates), max(1, round(len(candidates) * share))) if ready else 0
+        per_worker = -(-taken // len(ready)) if ready else 1
         working = []
-        for start, worker in zip(range(0, taken, per_worker), self._workers):
+        for start, worker in zip(range(0, taken, per_worker), ready):
             worker.submit(job, candidates[start:min(start + per_worker, taken)])
             working.append(worker)
         batch = ComposedBatch(self, working, taken, size=len(candidates), first=self._first)
-        self._first = False
+        if working:
+            self._first = False
         return batch
 
     def _balance(self, size: int, sender_seconds: float, worker_seconds: float) -> None:
@@ -382,7 +414,12 @@ def _main() -> None:
     # print) goes to stderr instead of into the middle of a frame.
     answers: IO[bytes] = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    # The modules a job's pickle names, imported before it says it is ready: a job waits for none.
+    import dagster_project.automations  # noqa: F401, PLC0415
+    import dagster_project.policies  # noqa: F401, PLC0415
+
     with answers:
+        _write_frame(answers, _READY)
         _serve(sys.stdin.buffer, answers)
     # Every answer is written and flushed, and nothing else is left to do: leaving without the
     # interpreter's teardown spares the send waiting for it in close() (65 ms, 4 ms without).

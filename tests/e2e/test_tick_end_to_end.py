@@ -37,7 +37,8 @@ def first_tick(env):
     def composers(processes: int) -> Composers:
         started.append(processes)
         frozen_during.append(gc.get_freeze_count())
-        return Composers(processes)
+        # Ready before the first batch: a send would make its first batches itself while they start.
+        return Composers(processes).wait_until_ready()
 
     env.settings = env.settings.model_copy(update={"compose_processes": 1})
     frozen_before = gc.get_freeze_count()

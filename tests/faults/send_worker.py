@@ -175,6 +175,9 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     )
     if options.compose_processes:
         send_module.COMPOSE_IN_PROCESSES_FROM = 1  # workers however small the send
+        # and ready from its first batch (a send does not wait for them to start)
+        composers = send_module.Composers
+        send_module.Composers = lambda processes: composers(processes).wait_until_ready()  # type: ignore[assignment]
     con = duckdb.connect(options.warehouse)
     try:
         with backend:

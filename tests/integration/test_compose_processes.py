@@ -9,6 +9,8 @@ it held is claimed, and the next send delivers the rest exactly once.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +60,7 @@ def test_workers_make_the_messages_this_process_would_in_order(processes):
     assert isinstance(expected[6], str) and "JSON" in expected[6]
     assert isinstance(expected[7], str) and "exactly one email address" in expected[7]
 
-    with Composers(processes) as composers:
+    with Composers(processes).wait_until_ready() as composers:
         composers.share = 1.0  # every candidate to the workers
         batch = composers.submit(job, CANDIDATES)
         assert batch.taken == len(CANDIDATES)
@@ -94,7 +96,7 @@ def test_the_share_is_balanced_by_the_batchs_size_not_the_workers_part_of_it():
     # A share of 0.1 of a 100-candidate batch is 10 for the worker: still a batch worth measuring.
     job = ComposeJob(WELCOME, CONFIG, AS_OF, NOW)
     many = [candidate(number) for number in range(100)]
-    with Composers(1) as composers:
+    with Composers(1).wait_until_ready() as composers:
         composers.share = 0.5
         composers.submit(job, many).answers()  # the worker's first job loads the template: not measured
         assert composers.share == 0.5
@@ -105,9 +107,35 @@ def test_the_share_is_balanced_by_the_batchs_size_not_the_workers_part_of_it():
         assert composers.share < 0.1
 
 
+def test_a_worker_still_starting_gets_no_share_and_one_that_has_started_does():
+    job = ComposeJob(WELCOME, CONFIG, AS_OF, NOW)
+    with Composers(1) as composers:
+        worker = composers._workers[0]
+        os.kill(worker.process.pid, signal.SIGSTOP)  # held before its imports are done
+        try:
+            composers.share = 1.0
+            assert not worker.ready()
+            starting = composers.submit(job, CANDIDATES)
+            assert starting.taken == 0  # the caller makes the whole batch
+            assert starting.answers() == []
+        finally:
+            os.kill(worker.process.pid, signal.SIGCONT)
+        composers.wait_until_ready()
+        assert worker.ready()
+        started = composers.submit(job, CANDIDATES)
+        assert started.taken == len(CANDIDATES)
+        made = [m if isinstance(m, str) else composed_bytes(m) for m in arrived(started.answers())]
+    assert made == made_here(job)
+
+
+def ready_composers(processes: int) -> Composers:
+    """Workers that take their share from a send's first batch (a send does not wait for them)."""
+    return Composers(processes).wait_until_ready()
+
+
 def test_a_worker_that_fails_says_why():
     job = ComposeJob(WELCOME, dataclasses.replace(CONFIG, templates_dir=Path("/nonexistent/templates")), AS_OF, NOW)
-    with Composers(1) as composers:
+    with Composers(1).wait_until_ready() as composers:
         composers.share = 1.0
         with pytest.raises(ComposeFailed, match="(?s)the compose worker failed.*nonexistent"):
             composers.submit(job, CANDIDATES).answers()
@@ -117,6 +145,7 @@ def test_a_worker_that_dies_says_so():
     with Composers(1) as composers:
         composers.share = 1.0
         composers._workers[0].process.kill()
+        composers.wait_until_ready()  # it never will be: gone, which its first job's answer says
         with pytest.raises(ComposeFailed, match="exited with code -9"):
             composers.submit(ComposeJob(WELCOME, CONFIG, AS_OF, NOW), CANDIDATES).answers()
 
@@ -143,7 +172,7 @@ def test_closing_with_an_answer_unread_does_not_wait_for_it():
     # batch: its answer, megabytes, fills the pipe nobody reads. Closing must not wait for it (it had
     # waited out its 30 s timeout before killing the worker).
     job = ComposeJob(WELCOME, CONFIG, AS_OF, NOW)
-    composers = Composers(1)
+    composers = Composers(1).wait_until_ready()
     worker = composers._workers[0]
     composers.submit(job, [candidate(number) for number in range(3000)])
     started = time.monotonic()
@@ -157,7 +186,7 @@ def test_a_send_with_workers_writes_what_a_send_without_them_writes(tmp_path, mo
     alone = welcome_warehouse(tmp_path / "alone.duckdb", EMAILS)
     helped = welcome_warehouse(tmp_path / "helped.duckdb", EMAILS)
     started = []
-    monkeypatch.setattr(send_module, "Composers", lambda processes: started.append(processes) or Composers(processes))
+    monkeypatch.setattr(send_module, "Composers", lambda processes: started.append(processes) or ready_composers(processes))
 
     without = send(alone, tmp_path / "alone", processes=0)
     assert started == []
@@ -174,6 +203,7 @@ def test_a_send_with_workers_writes_what_a_send_without_them_writes(tmp_path, mo
 def test_a_worker_dying_mid_send_stops_it_before_the_batch_it_held_is_claimed(tmp_path, monkeypatch):
     monkeypatch.setattr(send_module, "COMPOSE_IN_PROCESSES_FROM", 10)
     con = welcome_warehouse(tmp_path / "warehouse.duckdb", EMAILS)
+    monkeypatch.setattr(send_module, "Composers", ready_composers)
     submit = Composers.submit
     calls = []
 
