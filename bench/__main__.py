@@ -5,8 +5,8 @@
 For each size: the ingest rate from Parquet and from JSON Lines, a full tick on a cold
 warehouse, the same models as one plain DuckDB script (the SQL bound), an incremental
 tick after one more hour of events, and the tick's peak memory. Once: render and send
-throughput (file backend, local SMTP server) beside a bare Jinja2 loop and a bare
-smtplib loop. Prints one table and writes it as JSON.
+throughput (file backend, local SMTP server) beside a bare Jinja2 loop, a bare loop
+writing the same files and a bare smtplib loop. Prints one table and writes it as JSON.
 """
 
 from __future__ import annotations

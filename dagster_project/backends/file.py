@@ -76,11 +76,11 @@ class FileBackend(EmailBackend):
             leftover.unlink(missing_ok=True)
 
     def path_for(self, message: EmailMessage) -> Path:
-        folder, name = self._names(message)
+        folder, name = self.names(message)
         return self.root / folder / name
 
     @staticmethod
-    def _names(message: EmailMessage) -> tuple[str, str]:
+    def names(message: EmailMessage) -> tuple[str, str]:
         """The message's folder (its automation) and file name (its Message-ID), each made safe."""
         # As stored, not parsed into a header object (a message made in another process holds text).
         automation = (stored_header(message, AUTOMATION_HEADER) or "_unassigned").strip()
@@ -88,7 +88,7 @@ class FileBackend(EmailBackend):
 
     def send(self, message: EmailMessage) -> Delivery:
         message_id = message_id_of(message)
-        folder_name, name = self._names(message)
+        folder_name, name = self.names(message)
         data = message_bytes(message)
         path = os.path.join(self.root, folder_name, name)
         # Write aside then rename: a reader never sees half a message, a crash never leaves one.
@@ -139,10 +139,10 @@ class FileBackend(EmailBackend):
         batch (a crash before it leaves the batch's claims pending, and this backend rewrites them
         on the next tick)."""
         try:
-            _sync_filesystem(self.root, self._root_descriptor)
+            sync_filesystem(self.root, self._root_descriptor)
             if self._folders_on_other_devices:
                 for name, descriptor in self._folders.items():
-                    _sync_filesystem(self.root / name, descriptor)
+                    sync_filesystem(self.root / name, descriptor)
         except OSError as error:
             raise BackendUnavailable(f"cannot flush the outbox {self.root}: {error.strerror or error}") from error
 
@@ -161,7 +161,7 @@ def _open_folder(folder: Path | str, dir_fd: int | None = None) -> int:
     return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
 
 
-def _sync_filesystem(folder: Path, descriptor: int | None = None) -> None:
+def sync_filesystem(folder: Path, descriptor: int | None = None) -> None:
     """Everything written to the filesystem holding `folder` on disk. Linux's syncfs() leaves the
     other filesystems alone (os.sync() writes out every one: the warehouse's, anything another
     process wrote; 20 to 120 ms for a batch of 1,000 beside a busy process, against 11 to 15), and,
