@@ -338,9 +338,9 @@ class Composers:
         ready = [worker for worker in self._workers if worker.ready()]
         share = self.share * len(ready) / len(self._workers)
         taken = min(len(candidates), max(1, round(len(candidates) * share))) if ready else 0
-        per_worker = -(-taken // len(ready)) if ready else 1
+        per_worker = -(-taken // len(ready)) if ready else 0
         working = []
-        for start, worker in zip(range(0, taken, per_worker), ready):
+        for start, worker in zip(range(0, taken, per_worker or 1), ready):
             worker.submit(job, candidates[start:min(start + per_worker, taken)])
             working.append(worker)
         batch = ComposedBatch(self, working, taken, size=len(candidates), first=self._first)

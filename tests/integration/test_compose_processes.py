@@ -128,6 +128,15 @@ def test_a_worker_still_starting_gets_no_share_and_one_that_has_started_does():
     assert made == made_here(job)
 
 
+def test_a_batch_with_nothing_to_make_goes_to_no_worker():
+    # Every candidate of a batch decided without a message (skipped, held): nothing to share out.
+    job = ComposeJob(WELCOME, CONFIG, AS_OF, NOW)
+    with Composers(2).wait_until_ready() as composers:
+        nothing = composers.submit(job, [])
+        assert nothing.taken == 0 and nothing.answers() == []
+        assert composers.submit(job, CANDIDATES[:1]).taken == 1  # and the workers still take the next
+
+
 def ready_composers(processes: int) -> Composers:
     """Workers that take their share from a send's first batch (a send does not wait for them)."""
     return Composers(processes).wait_until_ready()
