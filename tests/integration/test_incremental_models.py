@@ -351,7 +351,7 @@ def keep(con: duckdb.DuckDBPyConnection, warehouse: Path, copy: str, models: dic
 PER_CONTACT_MODELS = (
     "int_carts", "int_workout_days", "int_first_signups", "int_product_mentions", "int_purchases", "seg_dormant", "seg_power_users",
     "seg_free_plan_engaged", "seg_recent_buyers", "trg_upgrade_moment", "trg_workout_completed", "trg_browse_abandoned",
-    "trg_clicked_no_purchase", "trg_first_login_nudge", "trg_cart_abandoned", "trg_welcome",
+    "trg_clicked_no_purchase", "trg_first_login_nudge", "trg_cart_abandoned", "trg_welcome", "trg_post_purchase",
 )
 FIRST_PER_KEY_MODELS = ("int_identity_map", "int_email_suppressions")
 INCREMENTAL_MODELS = ("int_events_stitched", *PER_CONTACT_MODELS, *FIRST_PER_KEY_MODELS)
