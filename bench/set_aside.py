@@ -6,7 +6,7 @@ last minute (five more while its inode table block is not yet written back): eac
 `open()` looks past every such inode (`recently_deleted()` in `find_inode_bit()`, two thirds of the
 samples of `perf` over a loop creating files, all of it system time). Measured in session 19, a
 loop writing 10,000 files made 1,800 to 3,800 a second in a fresh folder right after files had been
-removed, against 14,500 to 20,800 on a settled disk (session 15 measured 5,500 against 42,000 and
+removed, against 14,500 to 22,100 on a settled disk (session 15 measured 5,500 against 42,000 and
 put it down to the online discard the disk is mounted with). The bench used to remove each tick's
 outbox just before the figures that write files (the send's to the file backend above all), so it
 measured its own clean-up. A rename is one metadata change; the removal waits for the end.
