@@ -336,13 +336,16 @@ class Composers:
         """Start the ready workers on the first `ComposedBatch.taken` of `candidates`; the caller makes
         the others meanwhile, then calls ComposedBatch.answers() (before the next submit)."""
         ready = [worker for worker in self._workers if worker.ready()]
-        share = self.share * len(ready) / len(self._workers)
-        taken = min(len(candidates), max(1, round(len(candidates) * share))) if ready else 0
-        per_worker = -(-taken // len(ready)) if ready else 0
+        taken = 0
+        if ready and candidates:
+            share = self.share * len(ready) / len(self._workers)
+            taken = min(len(candidates), max(1, round(len(candidates) * share)))
         working = []
-        for start, worker in zip(range(0, taken, per_worker or 1), ready):
-            worker.submit(job, candidates[start:min(start + per_worker, taken)])
-            working.append(worker)
+        if taken:
+            per_worker = -(-taken // len(ready))
+            for start, worker in zip(range(0, taken, per_worker), ready):
+                worker.submit(job, candidates[start:min(start + per_worker, taken)])
+                working.append(worker)
         batch = ComposedBatch(self, working, taken, size=len(candidates), first=self._first)
         if working:
             self._first = False
