@@ -41,7 +41,7 @@ from dagster_project.policies import Candidate
 from dagster_project.rendering import EmailTemplate
 from dagster_project.send import SendConfig, send_automation
 from dagster_project.settings import NudgeSettings
-from dagster_project.tick import objects_so_far_frozen
+from dagster_project.collector import objects_so_far_frozen
 
 AUTOMATION = "workout_completed"
 BURST = '"bench"."trg_burst"'

@@ -8,6 +8,7 @@ import dagster as dg
 
 from dagster_project.automations import find_node, project_automations, relation_of
 from dagster_project.clock import as_of_tags
+from dagster_project.collector import no_full_collections_at_exit
 from dagster_project.dbt_assets import NudgeDbtTranslator, build_dbt_assets, dbt_project, load_manifest
 from dagster_project.dbt_runner import DbtProjectResource
 from dagster_project.ingest import INGEST_ASSETS, LandingFiles
@@ -40,6 +41,7 @@ def build_tick_schedule(job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefi
 
 
 def build_defs(settings: NudgeSettings | None = None) -> dg.Definitions:
+    no_full_collections_at_exit()
     settings = (settings or NudgeSettings()).resolved()
     project = dbt_project(settings.dbt_project_dir)
     manifest = load_manifest(project)
