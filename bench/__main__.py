@@ -4,9 +4,10 @@
 
 For each size: the ingest rate from Parquet and from JSON Lines, a full tick on a cold
 warehouse, the same models as one plain DuckDB script (the SQL bound), an incremental
-tick after one more hour of events, and the tick's peak memory. Once: render and send
-throughput (file backend, local SMTP server) beside a bare Jinja2 loop, a bare loop
-writing the same files and a bare smtplib loop. Prints one table and writes it as JSON.
+tick after one more hour of events, a tick with nothing new, and the tick's peak memory.
+Once: render and send throughput (file backend, local SMTP server) beside a bare Jinja2
+loop, a bare loop writing the same files and a bare smtplib loop. Prints one table and
+writes it as JSON.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ console = Console(width=None if Console().is_terminal else 200)
 INCREMENTAL_TARGETS = {"10m": 15.0, "100m": 1.5 * 15.0}
 
 # Each step logs a line as it starts, and moves the progress bar (drawn on a terminal only).
-STEPS_PER_SIZE = 7
+STEPS_PER_SIZE = 8
 SENDING_STEPS = 2 + len(SMTP_CONNECTIONS)
 _advance = None
 
@@ -163,6 +164,13 @@ def bench_size(data: Dataset, work: Path, figures: list[Figure]) -> None:
     _check(incremental, "incremental tick")
     figures.append(Figure(label, "incremental tick (+1 hour)", incremental.wall_seconds, "s", None, "",
                           target=INCREMENTAL_TARGETS.get(label), detail=_where(incremental)))
+    # The same hour again, nothing new landed: what a tick costs before it reads anything new, so
+    # the incremental tick's figure splits into that fixed part and what the hour's events add.
+    _log(f"{label}: a tick with nothing new (the same hour again)")
+    nothing_new = run_tick_process(data.end, env)
+    _check(nothing_new, "tick with nothing new")
+    figures.append(Figure(label, "tick with nothing new (same hour again)", nothing_new.wall_seconds, "s", None, "",
+                          detail=_where(nothing_new)))
     figures.append(Figure(label, "peak RSS of a tick", max(cold.peak_rss_mb, incremental.peak_rss_mb), "MB", None, "",
                           target=1536.0 if label == "10m" else None,
                           detail=f"cold {cold.peak_rss_detail}; incremental {incremental.peak_rss_detail}"))
