@@ -125,6 +125,14 @@ def test_a_naive_date_is_read_as_utc_and_other_zones_keep_their_offset():
     assert str(build(date=datetime(2026, 7, 1, 9, tzinfo=lisbon_summer))["Date"]).endswith("+0100")
 
 
+def test_one_instant_in_two_zones_keeps_each_zones_date_header():
+    # The Date header is made once per time a send stamps: equal datetimes must not share it.
+    utc, lisbon_summer = datetime(2026, 7, 1, 8, tzinfo=timezone.utc), datetime(2026, 7, 1, 9, tzinfo=timezone(timedelta(hours=1)))
+    assert utc == lisbon_summer
+    assert str(build(date=utc)["Date"]) == "Wed, 01 Jul 2026 08:00:00 +0000"
+    assert str(build(date=lisbon_summer)["Date"]) == "Wed, 01 Jul 2026 09:00:00 +0100"
+
+
 def test_list_unsubscribe_only_with_links():
     assert build()["List-Unsubscribe"] is None
     assert build()["List-Unsubscribe-Post"] is None
@@ -333,6 +341,42 @@ def test_the_base64_length_is_known_without_encoding():
 
     for size in [*range(0, 400), 4095, 4096, 9999, 57 * 1000, 57 * 1000 + 1]:
         assert _base64_length(size) == len(base64.encodebytes(b"x" * size)), size
+
+
+# Lines as a template and a contact's data could make them: blanks and dots where quoted-printable
+# escapes them, "=", non-ASCII, controls, lengths around its 76-character soft breaks.
+QP_LINES = st.lists(
+    st.one_of(
+        st.sampled_from([b"", b".", b" ", b"\t", b"=", b"a" * 73, b"a" * 74, b"a" * 75, b"a" * 76, b"a" * 77,
+                         b"x=" * 40, "é".encode() * 30, b"\x00", b"\x7f", b"\x0b"]),
+        st.binary(max_size=200).map(lambda data: data.replace(b"\r", b"").replace(b"\n", b"")),
+    ).flatmap(lambda first: st.lists(st.sampled_from([first, b" ", b"=", b".", b"a" * 75, b"\t"]), max_size=4).map(
+        lambda rest: first + b"".join(rest))),
+    min_size=1, max_size=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=QP_LINES, again=st.lists(st.integers(min_value=0, max_value=11), max_size=12))
+def test_quoting_a_line_at_a_time_is_quoting_the_whole_part(lines, again):
+    """compose() quotes a part's lines one at a time, each once (later messages look it up): the
+    bytes must be b2a_qp's over the whole part, whether a line was seen before or not."""
+    import binascii
+
+    from dagster_project.messages import _quoted_printable
+
+    for body in (lines, [lines[index % len(lines)] for index in again] or lines):
+        assert _quoted_printable(body) == binascii.b2a_qp(b"\n".join(body) + b"\n", istext=True)
+
+
+def test_the_lines_held_for_quoting_stay_few_and_short():
+    from dagster_project import messages
+
+    messages._QUOTED_LINES.clear()
+    messages._quoted_printable([b"x" * (messages._QUOTED_LINE_LONGEST + 1)])
+    assert not messages._QUOTED_LINES
+    messages._quoted_printable([f"line {number}=".encode() for number in range(messages._QUOTED_LINES_HELD + 10)])
+    assert 0 < len(messages._QUOTED_LINES) <= messages._QUOTED_LINES_HELD
 
 
 # Header blocks as a serializer could get them wrong: bare CR or LF, continuation lines, names
