@@ -9,6 +9,7 @@ it held is claimed, and the next send delivers the rest exactly once.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import signal
 import time
@@ -51,6 +52,28 @@ def made_here(job: ComposeJob) -> list[bytes | str]:
     template = EmailTemplate.load(CONFIG.templates_dir, WELCOME.template, category=WELCOME.category)
     made = [message_or_reason(one, WELCOME, template, CONFIG, job.as_of, job.now) for one in CANDIDATES]
     return [message if isinstance(message, str) else composed_bytes(message) for message in made]
+
+
+def test_a_job_crosses_to_a_worker_without_the_automations_or_policies_modules():
+    # Unpickling an Automation or a Candidate would make the worker import what they are made in
+    # (pydantic, yaml, DuckDB, pyarrow: most of its start). The job names composing's types alone.
+    import pickle
+
+    from dagster_project.composing import crossing_request
+
+    named: set[str] = set()
+
+    class Naming(pickle.Unpickler):
+        def find_class(self, module, name):
+            named.add(module)
+            return super().find_class(module, name)
+
+    data = pickle.dumps(crossing_request(ComposeJob(WELCOME, CONFIG, AS_OF, NOW), CANDIDATES),
+                        protocol=pickle.HIGHEST_PROTOCOL)
+    job, recipients = Naming(io.BytesIO(data)).load()
+    assert {module for module in named if module.startswith("dagster_project")} == {"dagster_project.composing"}
+    assert (job.automation.name, job.automation.is_marketing) == (WELCOME.name, WELCOME.is_marketing)
+    assert [one.trigger_key for one in recipients] == [one.trigger_key for one in CANDIDATES]
 
 
 @pytest.mark.parametrize("processes", [1, 2])
