@@ -159,10 +159,6 @@ class ComposeJob:
     as_of: datetime
     now: datetime
 
-    def crossing(self) -> "ComposeJob":
-        """The job as it crosses to a worker: the automation as _AutomationFacts."""
-        return dataclasses.replace(self, automation=_AutomationFacts.of(self.automation))  # type: ignore[arg-type]
-
 
 # What crosses to a worker names no type of dagster_project.automations or .policies: unpickling a
 # job's Automation and Candidates made a worker import those (pydantic, yaml, DuckDB, pyarrow), 0.35 s
@@ -202,7 +198,8 @@ class _Recipient:
 
 def crossing_request(job: ComposeJob, candidates: Sequence[Candidate]) -> tuple[ComposeJob, list[_Recipient]]:
     """A job and its candidates as they cross to a worker."""
-    return job.crossing(), [_Recipient.of(candidate) for candidate in candidates]
+    crossing_job = dataclasses.replace(job, automation=_AutomationFacts.of(job.automation))  # type: ignore[arg-type]
+    return crossing_job, [_Recipient.of(candidate) for candidate in candidates]
 
 
 class ComposeFailed(RuntimeError):
