@@ -256,11 +256,40 @@ def _none_as_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
+class _CompiledOnce(jinja2.BytecodeCache):
+    """A file's compiled code, kept for the life of the process and found again by its path and
+    its text's checksum (an edited file compiles again). Loading a template builds four
+    environments (the strict one that renders, the marked HTML, the lenient ones that check the
+    footer and the links), and each compiled the shared layouts again: 104 compilations and 0.37 s
+    for the nine automations a tick loads, where 54 of them were _base.html and _base.txt.
+
+    The code depends on the environment's options, of which only `finalize` differs here: one
+    cache per finalize function (_CODES)."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, tuple[str | None, Any]] = {}
+        self._lock = threading.Lock()
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with self._lock:
+            found = self._codes.get(bucket.key)
+        if found is not None and found[0] == bucket.checksum:
+            bucket.code = found[1]
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with self._lock:
+            self._codes[bucket.key] = (bucket.checksum, bucket.code)
+
+
+_CODES: dict[Any, _CompiledOnce] = {}
+
+
 def _environment(
     templates_dir: Path, undefined: type[jinja2.Undefined], finalize: Any = _none_as_empty
 ) -> jinja2.Environment:
     env = _DataFirstSandbox(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
+        bytecode_cache=_CODES.setdefault(finalize, _CompiledOnce()),
         undefined=undefined,
         autoescape=jinja2.select_autoescape(
             enabled_extensions=("html", "htm"), default_for_string=False, default=False

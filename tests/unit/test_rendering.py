@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
 
 from dagster_project.rendering import EmailTemplate, RenderError, TemplateError, money, number, one_line
@@ -369,6 +370,34 @@ def test_a_syntax_error_in_the_layout_fails_at_load(tmp_path):
         EmailTemplate.load(root, "probe", category="transactional")
 
     assert "_base.txt line 2" in str(raised.value)
+
+
+def test_a_layout_compiles_once_for_every_template_and_again_once_edited(tmp_path, monkeypatch):
+    root = template_tree(tmp_path, "first")
+    template_tree(root, "second", text='{% extends "_base.txt" %}{% block content %}Bye{% endblock %}')
+    compiled: list[str | None] = []
+    compile_source = jinja2.Environment.compile
+
+    def counting(self, source, name=None, *args, **kwargs):  # noqa: ANN001
+        compiled.append(name)
+        return compile_source(self, source, name, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    EmailTemplate.load(root, "first")
+    assert compiled.count("_base.html") >= 1 and compiled.count("_base.txt") >= 1
+
+    compiled.clear()
+    second = EmailTemplate.load(root, "second")
+    assert "second/body.txt" in compiled
+    assert "_base.html" not in compiled and "_base.txt" not in compiled
+    assert "Bye" in second.render(variables()).text
+
+    layout = root / "_base.txt"
+    layout.write_text(layout.read_text() + "\nSent with care\n")
+    compiled.clear()
+    edited = EmailTemplate.load(root, "second")
+    assert "_base.txt" in compiled
+    assert "Sent with care" in edited.render(variables()).text
 
 
 @pytest.mark.parametrize("missing", ["subject.txt", "body.html", "body.txt"])
