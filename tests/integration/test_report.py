@@ -82,6 +82,32 @@ def test_conversion_groups_are_the_ledgers_contacts_and_the_interval_holds_the_l
             assert -1 <= low < lift < high <= 1
 
 
+def test_the_warehouse_holds_each_reporting_table_to_its_grain_and_statuses(warehouse, tmp_path):
+    # the grain and the accepted values are constraints of the tables as built, not test queries:
+    # a row that breaks one fails the model's build
+    keys = dict(query(warehouse, """
+        select table_name, constraint_column_names from duckdb_constraints()
+        where schema_name = 'reporting' and constraint_type = 'PRIMARY KEY'
+    """))
+    assert keys == {
+        "rpt_automation_performance": ["automation", "decided_on"], "rpt_automations": ["automation"],
+        "rpt_conversions": ["automation"], "rpt_engagement": ["automation"],
+        "rpt_skip_reasons": ["automation", "status", "reason"],
+    }
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(warehouse.read_bytes())
+    con = duckdb.connect(str(copy))
+    try:
+        with pytest.raises(duckdb.ConstraintException, match="primary key"):
+            con.execute("insert into reporting.rpt_engagement select * from reporting.rpt_engagement limit 1")
+        with pytest.raises(duckdb.ConstraintException, match="CHECK constraint"):
+            con.execute("insert into reporting.rpt_skip_reasons values ('welcome', 'sent', 'none', 1)")
+        with pytest.raises(duckdb.ConstraintException, match="CHECK constraint"):
+            con.execute("update reporting.rpt_automations set category = 'newsletter'")
+    finally:
+        con.close()
+
+
 def test_the_report_is_written_from_a_read_only_connection(warehouse, tmp_path):
     # a second reader (as the report is one) is allowed beside it; a writer would not be
     reader = duckdb.connect(str(warehouse), read_only=True)
