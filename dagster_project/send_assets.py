@@ -25,7 +25,7 @@ from dagster_project.dbt_assets import LEDGER_KEY
 from dagster_project.ledger import LEDGER_TABLE, DuplicateKeys, ensure_ledger, status_counts
 from dagster_project.rendering import TemplateError
 from dagster_project.resources import EmailBackendResource, SendSettings
-from dagster_project.send import SendConfig, SendReport, count_newly_due, send_automation
+from dagster_project.send import SendConfig, SendReport, send_automation
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
 
 LEDGER_CHECK = "no_unknown_messages"
@@ -213,13 +213,14 @@ def _send_one(
     except NotBuiltError as error:
         return f"{target.key.to_user_string()}: {error}"
     started = time.perf_counter()
-    # The other gate, also our own: a surge or stale events trips the breaker, and nothing is claimed.
-    state = gate.judge(con, target, as_of)
-    if state.blocks:
-        return [
-            dg.MaterializeResult(asset_key=target.key, metadata={"due": state.due, "sent": 0, **state.metadata()}),
-            *gate.check_result(target, state),
-        ]
+    judged: list[breaker.BreakerState] = []
+
+    def breaker_lets_through(newly_due: int) -> bool:
+        # The other gate, also our own: a surge or stale events trips the breaker, and nothing is
+        # claimed. It measures the due rows the send has just worked out.
+        judged.append(gate.judge(con, target, as_of, newly_due))
+        return not judged[-1].blocks
+
     try:
         report = send_automation(
             con,
@@ -233,11 +234,18 @@ def _send_one(
             marketing_automations=marketing,
             suppressions_relation=suppressions_relation,
             log=context.log.info,
+            gate=breaker_lets_through,
         )
     except (TemplateError, DuplicateKeys) as error:
         # A template that does not compile, candidates that repeat a key: both found before anything
         # is claimed. This automation stops, the others still go.
         return f"{target.key.to_user_string()}: {error}"
+    (state,) = judged
+    if state.blocks:
+        return [
+            dg.MaterializeResult(asset_key=target.key, metadata={"due": state.due, "sent": 0, **state.metadata()}),
+            *gate.check_result(target, state),
+        ]
     context.log.info(
         f"{automation.name} as of {format_as_of(as_of)}: {report.due} due, {report.sent} sent, "
         f"{report.skipped_total} skipped, {report.held_out} held out, {report.held} held, {report.failed} failed"
@@ -279,9 +287,9 @@ class _Gate:
     newest_event_at: datetime | None
     released_by_tag: set[str]
 
-    def judge(self, con: duckdb.DuckDBPyConnection, target: SendTarget, as_of: datetime) -> breaker.BreakerState:
+    def judge(self, con: duckdb.DuckDBPyConnection, target: SendTarget, as_of: datetime, due: int) -> breaker.BreakerState:
+        """`due`: this tick's newly due rows of the automation (what the breaker measures)."""
         name = target.automation.name
-        due = count_newly_due(con, target.automation, as_of=as_of)
         by_tag = f"run {self.context.run_id} (tag {breaker.RELEASE_TAG})" if name in self.released_by_tag else None
         state = breaker.check(con, name, as_of=as_of, due=due, newest_event_at=self.newest_event_at,
                               policy=self.policy.breaker, released_by_tag=by_tag, now=_wall_clock())

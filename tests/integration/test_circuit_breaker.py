@@ -86,6 +86,21 @@ class Installation:
             con.execute("insert into raw.events values (?, ?)", [f"e_{as_of:%d%H}", loaded or as_of])
         self.built(as_of)
 
+    def not_newly_due(self, as_of: datetime) -> None:
+        """Two due rows the breaker does not count: one past its send window (stale), one already in
+        the ledger as a temporary failure to retry (counted the tick it came due)."""
+        due = as_of - timedelta(minutes=30)
+        with self.connect() as con:
+            con.execute("insert into triggers.trg_welcome values ('c_900', 'c_900', ?, ?, '{}')",
+                        [as_of - timedelta(days=3), as_of - timedelta(days=3)])
+            con.execute("insert into triggers.trg_welcome values ('c_901', 'c_901', ?, ?, '{}')", [due, due])
+            con.execute(
+                "insert into nudge.messages (automation, trigger_key, contact_id, message_id, status, reason, attempts,"
+                " qualified_at, due_at, decided_at, updated_at) values ('welcome', 'c_901', 'c_901', '<c_901@x>',"
+                " 'failed', 'temporary', 1, ?, ?, ?, ?)",
+                [due, due, due, due],
+            )
+
     def built(self, as_of: datetime) -> None:
         """What the tick's dbt step records when the trigger model built and tested clean."""
         with self.connect() as con:
@@ -146,6 +161,7 @@ def story(tmp_path_factory):
     place.qualify(SURGE, ticks[4])
     results[ticks[4]] = place.tick(ticks[4])
     place.qualify(NORMAL, ticks[5])
+    place.not_newly_due(ticks[5])
     results[ticks[5]] = place.tick(ticks[5])
     return place, ticks, results
 
@@ -176,17 +192,18 @@ def test_a_surge_trips_the_breaker_claims_nothing_and_the_check_says_why(story):
     assert metadata["breaker_trailing_median"] == NORMAL
     # nothing claimed: no ledger row for any of the surge's qualifications, no email
     assert place.scalar("select count(*) from nudge.messages where decided_at = ?", [ticks[4]]) == 0
-    assert place.scalar("select count(*) from nudge.messages") == 4 * NORMAL
+    assert place.scalar("select count(*) from nudge.messages where trigger_key <> 'c_901'") == 4 * NORMAL
 
 
 def test_a_lasting_surge_stays_tripped_it_does_not_become_the_normal(story):
     place, ticks, results = story
     check = breaker_check(results[ticks[5]])
     assert not check.passed
-    # the surge is still due (nothing was claimed) plus this tick's own; the tripped tick is not history
+    # the surge is still due (nothing was claimed) plus this tick's own, not the stale row nor the
+    # retry; the tripped tick is not history
     assert f"surge: {SURGE + NORMAL} newly due" in check.description
     assert "median of 4 over the last 4 ticks" in check.description
-    assert place.scalar("select count(*) from nudge.messages") == 4 * NORMAL
+    assert place.scalar("select count(*) from nudge.messages where trigger_key <> 'c_901'") == 4 * NORMAL
 
 
 def test_a_release_from_the_command_line_lets_the_next_tick_send_once(story, monkeypatch):
@@ -206,7 +223,8 @@ def test_a_release_from_the_command_line_lets_the_next_tick_send_once(story, mon
     check = breaker_check(result)
     assert check.passed
     assert "released by ops@x (a real import)" in check.description
-    assert place.sent_to(ticks[6]) == SURGE + 2 * NORMAL
+    # and the retry planted in the lasting surge's tick (not_newly_due)
+    assert place.sent_to(ticks[6]) == SURGE + 2 * NORMAL + 1
     assert place.scalar("select count(*) from nudge.breaker_releases where consumed_as_of = ?", [ticks[6]]) == 1
     assert place.scalar("select released from nudge.tick_history where as_of = ?", [ticks[6]]) is True
 
