@@ -446,9 +446,93 @@ def send_automation(
         _write_due(reader, automation, params)
         if gate is not None and not gate(_newly_due(reader, automation, as_of)):
             return report
-        return _send_due(con, reader, closing, automation, report, params, contacts_relation=contacts_relation,
-                         events_relation=events_relation, backend=backend, config=config, as_of=as_of,
-                         policy=policy, suppressions_relation=suppressions_relation, clock=clock, log=log)
+        template = EmailTemplate.load(config.templates_dir, automation.template, category=automation.category)
+        ensure_unsubscribes(con)
+        journal = UnsubscribeJournal(config.unsubscribe_journal) if config.unsubscribe_journal else None
+        if journal is not None:
+            # We hold the writer lock: bring the endpoint's unsubscribes into the warehouse first,
+            # so the candidates query below sees every one recorded until now.
+            moved = move_to_warehouse(journal, con)
+            if moved:
+                log(f"{moved} unsubscribes moved from {journal.path} into {UNSUBSCRIBES_TABLE}")
+
+        if not backend.dedupes:
+            report.interrupted = mark_interrupted(con, automation.name, pending_keys(con, automation.name), now=clock())
+            if report.interrupted:
+                log(f"{report.interrupted} claims of an interrupted run are now 'unknown' (never resent)")
+
+        sql = _verdicts_sql(_candidates_sql(automation, contacts_relation, events_relation, suppressions_relation), automation)
+        progress = _Progress(automation.name, log)
+        reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", _params_of(sql, params))
+        _refuse_keys_named_twice(reader, automation)
+        # Started now, compose workers are ready by the first batch: they start while the skips are written.
+        composers = _start_composers(reader, config, closing)
+        # Most candidates of a cold tick are history skipped for what the data says alone (stale,
+        # exited, unreachable): one statement writes them all, so a tick costs what it sends. None of
+        # them touches TickState, so the rows left for Python are decided as if they had been there.
+        # (On the reader: only it sees its temporary table.)
+        skipped = _record_sql_verdicts(reader, _CANDIDATES, automation, config, as_of, clock())
+        report.decided_in_sql = skipped.total()
+        report.due += report.decided_in_sql
+        report.skipped.update(skipped)
+        if skipped:
+            log(f"{automation.name}: {skipped.total():,} skipped in one statement "
+                f"({', '.join(f'{reason} {count:,}' for reason, count in skipped.most_common())}) "
+                f"in {progress.elapsed():.1f} s")
+        progress.begin()
+        state = TickState()
+        # The trigger rows' context (JSON text, the widest column) is read only for the rows left for
+        # Python, not carried through the candidates query's joins for every due row: with it, the
+        # cold 100M send of upgrade_moment's 773,069 due rows ran out of 768 MB; without it, 1.1 s.
+        # The row is the candidate's own: same key, contact and times (a key twice among the
+        # candidates was refused above).
+        columns = ", ".join("t.context" if name == "context" else f"c.{name}" for name in CANDIDATE_COLUMNS)
+        to_decide = f"""
+            select {columns}, count(*) over () as to_decide
+            from {_CANDIDATES} as c
+            inner join {automation.relation} as t
+                on t.trigger_key = c.trigger_key
+                and t.contact_id is not distinct from c.contact_id
+                and t.qualified_at is not distinct from c.qualified_at
+                and t.due_at = c.due_at
+            where c.verdict_reason is null
+            order by c.due_at, c.trigger_key
+        """
+        # Transactional mail (a receipt, a password reset) is not stopped by leaving the marketing list.
+        with (
+            UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard,
+            _Handover(backend) as handover,
+            _Undelivered(con, as_of, clock) as undelivered,
+        ):
+            batches = _batches(reader, to_decide, _batch_size(config, backend))
+
+            def decide_next() -> _Decisions | None:
+                following = next(batches, None)
+                if following is None:
+                    return None
+                return _Decisions(following[0], following[1], automation, template, config, as_of, policy, state,
+                                  guard, clock, composers)
+
+            upcoming = decide_next()
+            if upcoming is not None:
+                upcoming.submit()
+            while upcoming is not None:
+                # The next batch's verdicts are reached while the workers still make this one's messages,
+                # and its own go to them as soon as they have answered: they do not wait while this batch
+                # is settled and the next one read. It is decided while this one is handed over (render and
+                # compose wait for no answer), and claimed only once this one is marked, so a crash leaves
+                # one batch open.
+                following = decide_next()
+                upcoming.collect()
+                if following is not None:
+                    following.submit()
+                decisions = upcoming.finish()
+                _send_batch(con, decisions, automation, handover, as_of, guard, report, clock, undelivered,
+                            idle=following.step if following is not None else None)
+                progress.update(report, decisions.total)
+                upcoming = following
+        progress.finish(report)
+    return report
 
 
 def _newly_due(reader: duckdb.DuckDBPyConnection, automation: Automation, as_of: datetime) -> int:
@@ -463,114 +547,6 @@ def _newly_due(reader: duckdb.DuckDBPyConnection, automation: Automation, as_of:
         {"stale_before": as_of - automation.send_window},
     ).fetchall()
     return int(count)
-
-
-def _send_due(
-    con: duckdb.DuckDBPyConnection,
-    reader: duckdb.DuckDBPyConnection,
-    closing: ExitStack,
-    automation: Automation,
-    report: SendReport,
-    params: dict[str, Any],
-    *,
-    contacts_relation: str,
-    events_relation: str,
-    backend: EmailBackend,
-    config: SendConfig,
-    as_of: datetime,
-    policy: Policy,
-    suppressions_relation: str | None,
-    clock: Callable[[], datetime],
-    log: Callable[[str], None],
-) -> SendReport:
-    """send_automation's work once the due rows are on `reader` and the gate let them through."""
-    template = EmailTemplate.load(config.templates_dir, automation.template, category=automation.category)
-    ensure_unsubscribes(con)
-    journal = UnsubscribeJournal(config.unsubscribe_journal) if config.unsubscribe_journal else None
-    if journal is not None:
-        # We hold the writer lock: bring the endpoint's unsubscribes into the warehouse first,
-        # so the candidates query below sees every one recorded until now.
-        moved = move_to_warehouse(journal, con)
-        if moved:
-            log(f"{moved} unsubscribes moved from {journal.path} into {UNSUBSCRIBES_TABLE}")
-
-    if not backend.dedupes:
-        report.interrupted = mark_interrupted(con, automation.name, pending_keys(con, automation.name), now=clock())
-        if report.interrupted:
-            log(f"{report.interrupted} claims of an interrupted run are now 'unknown' (never resent)")
-
-    sql = _verdicts_sql(_candidates_sql(automation, contacts_relation, events_relation, suppressions_relation), automation)
-    progress = _Progress(automation.name, log)
-    reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", _params_of(sql, params))
-    _refuse_keys_named_twice(reader, automation)
-    # Started now, compose workers are ready by the first batch: they start while the skips are written.
-    composers = _start_composers(reader, config, closing)
-    # Most candidates of a cold tick are history skipped for what the data says alone (stale,
-    # exited, unreachable): one statement writes them all, so a tick costs what it sends. None of
-    # them touches TickState, so the rows left for Python are decided as if they had been there.
-    # (On the reader: only it sees its temporary table.)
-    skipped = _record_sql_verdicts(reader, _CANDIDATES, automation, config, as_of, clock())
-    report.decided_in_sql = skipped.total()
-    report.due += report.decided_in_sql
-    report.skipped.update(skipped)
-    if skipped:
-        log(f"{automation.name}: {skipped.total():,} skipped in one statement "
-            f"({', '.join(f'{reason} {count:,}' for reason, count in skipped.most_common())}) "
-            f"in {progress.elapsed():.1f} s")
-    progress.begin()
-    state = TickState()
-    # The trigger rows' context (JSON text, the widest column) is read only for the rows left for
-    # Python, not carried through the candidates query's joins for every due row: with it, the
-    # cold 100M send of upgrade_moment's 773,069 due rows ran out of 768 MB; without it, 1.1 s.
-    # The row is the candidate's own: same key, contact and times (a key twice among the
-    # candidates was refused above).
-    columns = ", ".join("t.context" if name == "context" else f"c.{name}" for name in CANDIDATE_COLUMNS)
-    to_decide = f"""
-        select {columns}, count(*) over () as to_decide
-        from {_CANDIDATES} as c
-        inner join {automation.relation} as t
-            on t.trigger_key = c.trigger_key
-            and t.contact_id is not distinct from c.contact_id
-            and t.qualified_at is not distinct from c.qualified_at
-            and t.due_at = c.due_at
-        where c.verdict_reason is null
-        order by c.due_at, c.trigger_key
-    """
-    # Transactional mail (a receipt, a password reset) is not stopped by leaving the marketing list.
-    with (
-        UnsubscribeGuard(journal if automation.is_marketing else None, MARKETING_LIST) as guard,
-        _Handover(backend) as handover,
-        _Undelivered(con, as_of, clock) as undelivered,
-    ):
-        batches = _batches(reader, to_decide, _batch_size(config, backend))
-
-        def decide_next() -> _Decisions | None:
-            following = next(batches, None)
-            if following is None:
-                return None
-            return _Decisions(following[0], following[1], automation, template, config, as_of, policy, state,
-                              guard, clock, composers)
-
-        upcoming = decide_next()
-        if upcoming is not None:
-            upcoming.submit()
-        while upcoming is not None:
-            # The next batch's verdicts are reached while the workers still make this one's messages,
-            # and its own go to them as soon as they have answered: they do not wait while this batch
-            # is settled and the next one read. It is decided while this one is handed over (render and
-            # compose wait for no answer), and claimed only once this one is marked, so a crash leaves
-            # one batch open.
-            following = decide_next()
-            upcoming.collect()
-            if following is not None:
-                following.submit()
-            decisions = upcoming.finish()
-            _send_batch(con, decisions, automation, handover, as_of, guard, report, clock, undelivered,
-                        idle=following.step if following is not None else None)
-            progress.update(report, decisions.total)
-            upcoming = following
-    progress.finish(report)
-    return report
 
 
 # A temporary table: each connection (here, each send's own cursor) has its own.
