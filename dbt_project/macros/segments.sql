@@ -44,13 +44,40 @@
 {%- endmacro %}
 
 
-{% macro nudge_segment_entries(segment_name) -%}
+{% macro nudge_dormancy() -%}
+    {#- What seg_dormant means: no live event of these for this long. What counts as being
+        active in the app or the shop; trg_winback's exit_events list the same events: coming
+        back is what ends both the dormancy and the winback. -#}
+    {{ return({
+        'activity_events': ['logged_in', 'workout_completed', 'product_viewed', 'added_to_cart', 'purchased',
+                            'premium_feature_used'],
+        'dormant_after': '30d',
+    }) }}
+{%- endmacro %}
+
+
+{% macro nudge_dormancy_wakes() -%}
+    {#- The time rules of a per-contact model whose rows change when a contact turns dormant
+        (seg_dormant, trg_winback): each activity event, once the dormancy's length has passed
+        after it. -#}
+    {%- set dormancy = nudge_dormancy() -%}
+    {%- set wakes = {} -%}
+    {%- for event_name in dormancy.activity_events -%}
+        {%- do wakes.update({event_name: dormancy.dormant_after}) -%}
+    {%- endfor -%}
+    {{ return(wakes) }}
+{%- endmacro %}
+
+
+{% macro nudge_segment_entries(segment_name, rows=none) -%}
     {#- Trigger rows for an automation that fires when a contact enters a segment: one
         row per recorded entry (segment_membership_changes), by as_of. The trigger_key
         is the contact and the moment they entered, so each entry (say, each inactive
         stretch) qualifies once, and re-recording the same entry after a full refresh
         keeps the same key. Columns: contact_id, trigger_key, qualified_at, context
-        ({"segment", "entered_at"}), segment, entered_at. -#}
+        ({"segment", "entered_at"}), segment, entered_at. `rows`: where the recorded changes
+        are read from (a per-contact model's nudge_rows_to_rebuild), segment_membership_changes
+        when none. -#}
     {%- if not (segment_name is string and segment_name.startswith('seg_')) -%}
         {{ exceptions.raise_compiler_error(
             "nudge_segment_entries: '" ~ segment_name ~ "' is not a segment model name (seg_...)"
@@ -73,7 +100,7 @@
         segment,
         changed_at as entered_at
 
-    from {{ ref('segment_membership_changes') }}
+    from {{ rows if rows is not none else ref('segment_membership_changes') }}
     where segment = '{{ segment_name }}'
         and change_type = 'entered'
         and changed_at <= {{ nudge_as_of() }}

@@ -1,16 +1,9 @@
-{#- What counts as being active in the app or the shop. trg_winback's exit_events list
-    the same events: coming back is what ends both the dormancy and the winback. -#}
-{%- set activity_events = [
-    'logged_in', 'workout_completed', 'product_viewed', 'added_to_cart', 'purchased', 'premium_feature_used'
-] -%}
-{%- set dormant_after = '30d' -%}
+{%- set dormancy = nudge_dormancy() -%}
+{%- set activity_events = dormancy.activity_events -%}
+{%- set dormant_after = dormancy.dormant_after -%}
 {#- Per contact (macros/per_contact_incremental.sql): a contact's dormancy changes with their
     own events, and when 30 days pass after an activity. -#}
-{%- set wakes = {} -%}
-{%- for event_name in activity_events -%}
-    {%- do wakes.update({event_name: dormant_after}) -%}
-{%- endfor -%}
-{{ nudge_per_contact_model(wakes=wakes) }}
+{{ nudge_per_contact_model(wakes=nudge_dormancy_wakes()) }}
 
 with
 

@@ -1,9 +1,14 @@
+{#- Per contact (macros/per_contact_incremental.sql), with seg_dormant's time rules: a
+    contact's entries into seg_dormant are recorded when their dormancy changes, which is when
+    seg_dormant rebuilds them, and the context reads only their own workouts. -#}
+{{ nudge_per_contact_model(wakes=nudge_dormancy_wakes()) }}
+
 with
 
 dormancy_entries as (
 
     -- one row per inactive stretch: each entry into seg_dormant qualifies once
-    {{ nudge_segment_entries('seg_dormant') }}
+    {{ nudge_segment_entries('seg_dormant', rows=nudge_rows_to_rebuild(ref('segment_membership_changes'))) }}
 
 ),
 
@@ -11,7 +16,7 @@ workouts as (
 
     -- only the live workouts of contacts who went quiet: this is read twice, and DuckDB
     -- materializes such a CTE whole (all of int_events, when it was imported whole)
-    select * from {{ ref('int_events') }}
+    select * from {{ nudge_events_to_rebuild() }}
     where event_name = 'workout_completed'
         and not is_syncing
         and contact_id in (select contact_id from dormancy_entries)
