@@ -461,7 +461,8 @@ def send_automation(
             if report.interrupted:
                 log(f"{report.interrupted} claims of an interrupted run are now 'unknown' (never resent)")
 
-        sql = _verdicts_sql(_candidates_sql(automation, contacts_relation, events_relation, suppressions_relation), automation)
+        candidates = _candidates_sql(automation, contacts_relation, events_relation, suppressions_relation)
+        sql = _verdicts_sql(candidates, automation)
         progress = _Progress(automation.name, log)
         reader.execute(f"create or replace temp table {_CANDIDATES} as {sql}", _params_of(sql, params))
         _refuse_keys_named_twice(reader, automation)

@@ -287,7 +287,9 @@ class _Gate:
     newest_event_at: datetime | None
     released_by_tag: set[str]
 
-    def judge(self, con: duckdb.DuckDBPyConnection, target: SendTarget, as_of: datetime, due: int) -> breaker.BreakerState:
+    def judge(
+        self, con: duckdb.DuckDBPyConnection, target: SendTarget, as_of: datetime, due: int
+    ) -> breaker.BreakerState:
         """`due`: this tick's newly due rows of the automation (what the breaker measures)."""
         name = target.automation.name
         by_tag = f"run {self.context.run_id} (tag {breaker.RELEASE_TAG})" if name in self.released_by_tag else None
