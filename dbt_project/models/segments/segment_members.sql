@@ -1,3 +1,7 @@
+{#- A view: the union of the segments is read once a tick, by segment_membership_changes, and
+    written as a table it was rewritten whole every hour (347k rows at 10M events). -#}
+{{ config(materialized='view') }}
+
 -- dbt learns a model's parents while parsing, before the list of segments below exists:
 -- each segment model is named here too (a build names any one missing, with the line to add).
 -- depends_on: {{ ref('seg_dormant') }}
