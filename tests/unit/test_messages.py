@@ -127,7 +127,8 @@ def test_a_naive_date_is_read_as_utc_and_other_zones_keep_their_offset():
 
 def test_one_instant_in_two_zones_keeps_each_zones_date_header():
     # The Date header is made once per time a send stamps: equal datetimes must not share it.
-    utc, lisbon_summer = datetime(2026, 7, 1, 8, tzinfo=timezone.utc), datetime(2026, 7, 1, 9, tzinfo=timezone(timedelta(hours=1)))
+    utc = datetime(2026, 7, 1, 8, tzinfo=timezone.utc)
+    lisbon_summer = datetime(2026, 7, 1, 9, tzinfo=timezone(timedelta(hours=1)))
     assert utc == lisbon_summer
     assert str(build(date=utc)["Date"]) == "Wed, 01 Jul 2026 08:00:00 +0000"
     assert str(build(date=lisbon_summer)["Date"]) == "Wed, 01 Jul 2026 09:00:00 +0100"
