@@ -1,5 +1,6 @@
 """dbt inside the Dagster process (dagster_project/dbt_runner.py): the project is parsed once per
-process, each build hands back its node results, and the warehouse file is let go afterwards.
+process, and once for all processes until what a parse reads changes; each build hands back its node
+results, and the warehouse file is let go afterwards.
 
 Real components: the project's dbt, a DuckDB file in a temporary folder, dbtRunner.
 """
@@ -7,6 +8,7 @@ Real components: the project's dbt, a DuckDB file in a temporary folder, dbtRunn
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import duckdb
@@ -15,6 +17,7 @@ import pytest
 from dagster_project import dbt_runner
 from dagster_project.dbt_runner import dbt_arguments, run_dbt
 from dagster_project.settings import PROJECT_ROOT
+from tests.nudge_env import copy_project
 
 PROJECT = PROJECT_ROOT / "dbt_project"
 
@@ -86,3 +89,91 @@ def test_the_profiles_folder_is_the_resources_else_dbts_variable_else_the_projec
     monkeypatch.setenv("DBT_PROFILES_DIR", "/profiles")
     assert dbt_runner.DbtProjectResource(project_dir="/p").profiles == Path("/profiles")
     assert dbt_runner.DbtProjectResource(project_dir="/p", profiles_dir="/mine").profiles == Path("/mine")
+
+
+def _count_parses(monkeypatch) -> list[Path]:
+    """dbt's own parses from here on, by target folder (the real parse still runs)."""
+    parses: list[Path] = []
+    parse = dbt_runner._parse
+
+    def counted(project_dir: Path, profiles_dir: Path, target_path: Path):
+        parses.append(target_path)
+        return parse(project_dir, profiles_dir, target_path)
+
+    monkeypatch.setattr(dbt_runner, "_parse", counted)
+    return parses
+
+
+def test_a_new_process_builds_from_the_kept_parse_and_a_changed_model_is_parsed_again(
+    warehouse, tmp_path, monkeypatch
+):
+    project, _ = copy_project(tmp_path / "copy")
+    target = tmp_path / "target"
+    parses = _count_parses(monkeypatch)
+
+    def build(selection: str):
+        dbt_runner.forget_manifests()  # as a new process starts with no manifest in memory
+        run = run_dbt(["build", "--select", selection], project_dir=project, profiles_dir=project, target_path=target)
+        assert run.success, run.error
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            return con.sql("select answer from main.probe_answer").fetchall() if selection == "probe_answer" else None
+
+    (project / "models" / "probe_answer.sql").write_text("select 1 as answer\n")
+    assert build("probe_answer") == [(1,)]
+    assert parses == [target] and (target / dbt_runner.SAVED_PARSE).is_file()
+
+    # the next process, a new clock: the kept parse, no dbt parse
+    monkeypatch.setenv("NUDGE_AS_OF", "2026-11-01T01:00:00+00:00")
+    assert build("probe_answer") == [(1,)]
+    assert parses == [target]
+
+    # a model edited since: parsed again, and built as it now reads
+    (project / "models" / "probe_answer.sql").write_text("select 2 as answer\n")
+    assert build("probe_answer") == [(2,)]
+    assert parses == [target, target]
+
+    # a model added: parsed again, and there to build
+    (project / "models" / "probe_added.sql").write_text("select 3 as added\n")
+    build("probe_added")
+    assert parses == [target, target, target]
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.sql("select added from main.probe_added").fetchall() == [(3,)]
+
+
+def test_the_parse_digest_follows_what_a_parse_reads(tmp_path):
+    project, _ = copy_project(tmp_path / "copy")
+    target = project / "target" / "tick_1"
+    environ = {"NUDGE_WAREHOUSE": "/w/warehouse.duckdb", "NUDGE_AS_OF": "2026-11-01T00:00:00+00:00", "HOME": "/root"}
+    digest = dbt_runner.parse_digest(project, project, target, environ)
+
+    # what dbt writes, and what it reads only while it runs, leave it as it is
+    target.mkdir(parents=True)
+    (target / "partial_parse.msgpack").write_bytes(b"state")
+    (project / "logs").mkdir(exist_ok=True)
+    (project / "logs" / "dbt.log").write_text("a line")
+    assert dbt_runner.parse_digest(project, project, target, {
+        **environ, "NUDGE_AS_OF": "2026-11-01T01:00:00+00:00", "DBT_INDIRECT_SELECTION": "cautious", "HOME": "/home",
+    }) == digest
+
+    # another warehouse (the relations' database), a dbt flag, a profile, a macro: parsed again
+    assert dbt_runner.parse_digest(project, project, target, {**environ, "NUDGE_WAREHOUSE": "/x/w.duckdb"}) != digest
+    assert dbt_runner.parse_digest(project, project, target, {**environ, "DBT_STATIC_PARSER": "false"}) != digest
+    profiles = project / "profiles.yml"
+    profiles.write_text(profiles.read_text() + "\n# changed\n")
+    changed_profile = dbt_runner.parse_digest(project, project, target, environ)
+    assert changed_profile != digest
+    macro = next((project / "macros").glob("*.sql"))
+    macro.write_text(macro.read_text() + "\n")
+    assert dbt_runner.parse_digest(project, project, target, environ) not in {digest, changed_profile}
+
+
+def test_a_kept_parse_that_cannot_be_read_is_parsed_again(warehouse, tmp_path, monkeypatch):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / dbt_runner.SAVED_PARSE).write_bytes(b"not a pickle")
+    parses = _count_parses(monkeypatch)
+    run = run_dbt(["build", "--select", "iana_timezones", "--indirect-selection", "cautious"], project_dir=PROJECT,
+                  profiles_dir=PROJECT, target_path=target)
+    assert run.success and parses == [target]
+    digest, _ = pickle.loads((target / dbt_runner.SAVED_PARSE).read_bytes())
+    assert digest == dbt_runner.parse_digest(PROJECT, PROJECT, target)
