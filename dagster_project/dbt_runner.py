@@ -26,6 +26,7 @@ hands back.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import os
@@ -139,15 +140,32 @@ def _adapter_version() -> str:
     return str(version)
 
 
+def _manifest_fields(manifest: Any) -> dict[str, Any]:
+    """A manifest's own fields by name, without its caches (the lookups, the macros by name), which
+    it builds again when first asked. Not dbt's pickling: Manifest.__reduce_ex__ hands its fields
+    back by position, and in dbt-core 1.11 its list misses two of them, so after a full parse the
+    lookups came back in each other's places (a build failed: "RefableLookup.find() missing 1
+    required positional argument")."""
+    return {
+        attribute.name: getattr(manifest, attribute.name)
+        for attribute in dataclasses.fields(manifest)
+        if attribute.init and not attribute.name.startswith("_")
+    }
+
+
 def _saved_parse(saved: Path, digest: str) -> Any:
     """The manifest kept by the last parse with this digest, or None. The target folder is the
     project's own output: whoever can write it can already change what dbt runs."""
+    from dbt.contracts.graph.manifest import Manifest
+
     try:
         with saved.open("rb") as file:
-            kept_digest, manifest = pickle.load(file)
+            kept_digest, fields = pickle.load(file)
+        if kept_digest != digest:
+            return None
+        return Manifest(**fields)
     except Exception:  # none yet, written by other versions of the classes, or cut short: parse
         return None
-    return manifest if kept_digest == digest else None
 
 
 def _keep_parse(saved: Path, digest: str, manifest: Any) -> None:
@@ -157,7 +175,7 @@ def _keep_parse(saved: Path, digest: str, manifest: Any) -> None:
     try:
         aside.parent.mkdir(parents=True, exist_ok=True)
         with aside.open("wb") as file:
-            pickle.dump((digest, manifest), file, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((digest, _manifest_fields(manifest)), file, protocol=pickle.HIGHEST_PROTOCOL)
         aside.replace(saved)
     except (OSError, pickle.PicklingError):
         aside.unlink(missing_ok=True)

@@ -114,17 +114,29 @@ def test_a_new_process_builds_from_the_kept_parse_and_a_changed_model_is_parsed_
     def build(selection: str):
         dbt_runner.forget_manifests()  # as a new process starts with no manifest in memory
         run = run_dbt(["build", "--select", selection], project_dir=project, profiles_dir=project, target_path=target)
-        assert run.success, run.error
+        assert run.success, run.error or [result["info"]["msg"] for result in run.results]
         with duckdb.connect(str(warehouse), read_only=True) as con:
             return con.sql("select answer from main.probe_answer").fetchall() if selection == "probe_answer" else None
 
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("create schema raw; create table raw.events (event_id varchar)")
     (project / "models" / "probe_answer.sql").write_text("select 1 as answer\n")
+    # a ref and a source: what a build looks up in the manifest (a kept parse once brought them back
+    # in each other's places)
+    (project / "models" / "probe_chain.sql").write_text(
+        "select answer + 1 as answer from {{ ref('probe_answer') }}\n"
+        "union all\nselect count(*) from {{ source('raw', 'events') }}\n"
+    )
     assert build("probe_answer") == [(1,)]
+    # a full parse (a new target folder): what the next process loads
     assert parses == [target] and (target / dbt_runner.SAVED_PARSE).is_file()
 
     # the next process, a new clock: the kept parse, no dbt parse
     monkeypatch.setenv("NUDGE_AS_OF", "2026-11-01T01:00:00+00:00")
     assert build("probe_answer") == [(1,)]
+    build("probe_chain")
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert sorted(con.sql("select answer from main.probe_chain").fetchall()) == [(0,), (2,)]
     assert parses == [target]
 
     # a model edited since: parsed again, and built as it now reads
