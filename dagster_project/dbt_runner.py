@@ -35,7 +35,7 @@ import os
 import pickle
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,8 @@ SAVED_PARSE = "nudge_parsed_manifest.pickle"
 # selection's indirect mode differs between the two dbt steps of one tick.
 _RUN_TIME_ONLY = frozenset({"NUDGE_AS_OF", "DBT_INDIRECT_SELECTION"})
 # Folders of the project that are dbt's output, not its input.
-_OUTPUT_FOLDERS = frozenset({"target", "logs", "dbt_packages"})
+# Folders of the project that are dbt's output, not what it parses (dbt_packages is parsed).
+_OUTPUT_FOLDERS = frozenset({"target", "logs"})
 
 _lock = threading.Lock()
 _manifests: dict[tuple[str, str, str, str], Any] = {}
@@ -110,19 +111,15 @@ def parse_digest(
     project_dir: Path, profiles_dir: Path, target_path: Path, environ: Mapping[str, str] = os.environ
 ) -> str:
     """What a parse of the project depends on, as one digest: every file of the project but dbt's
-    output (its usual folders and this target folder), the profiles, the DBT_ and NUDGE_
-    environment variables but those read only at run time, and the versions of Python, dbt and
-    the adapter."""
+    output (target, logs and this target folder; the installed packages count), the profiles, the
+    DBT_ and NUDGE_ environment variables but those read only at run time, and the versions of
+    Python, dbt and the adapter."""
     from dbt.version import __version__ as dbt_version
 
     digest = hashlib.sha256()
     for part in (sys.version, dbt_version, _adapter_version(), str(project_dir), str(profiles_dir)):
         digest.update(part.encode() + b"\0")
-    files = [
-        path for path in sorted(project_dir.rglob("*"))
-        if path.is_file() and path.relative_to(project_dir).parts[0] not in _OUTPUT_FOLDERS
-        and target_path not in path.parents
-    ]
+    files = list(_files_a_parse_reads(project_dir, target_path))
     profiles = profiles_dir / "profiles.yml"
     if profiles.is_file() and profiles not in files:
         files.append(profiles)
@@ -132,6 +129,24 @@ def parse_digest(
         if name.startswith(("DBT_", "NUDGE_")) and name not in _RUN_TIME_ONLY:
             digest.update(f"{name}={environ[name]}".encode() + b"\0")
     return digest.hexdigest()
+
+
+def _files_a_parse_reads(project_dir: Path, target_path: Path) -> Iterator[Path]:
+    """Every file under the project but dbt's output, in a stable order. Symbolic links are
+    followed: `dbt deps` links a local package into dbt_packages."""
+    seen: set[Path] = set()
+    for folder, subfolders, files in os.walk(project_dir, followlinks=True):
+        here = Path(folder)
+        real = here.resolve()
+        if real in seen:  # a link back to a folder already read
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(
+            name for name in subfolders
+            if not (here == project_dir and name in _OUTPUT_FOLDERS) and here / name != target_path
+        )
+        yield from (here / name for name in sorted(files) if (here / name).is_file())
 
 
 def _adapter_version() -> str:

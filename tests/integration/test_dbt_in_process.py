@@ -176,7 +176,19 @@ def test_the_parse_digest_follows_what_a_parse_reads(tmp_path):
     assert changed_profile != digest
     macro = next((project / "macros").glob("*.sql"))
     macro.write_text(macro.read_text() + "\n")
-    assert dbt_runner.parse_digest(project, project, target, environ) not in {digest, changed_profile}
+    changed_macro = dbt_runner.parse_digest(project, project, target, environ)
+    assert changed_macro not in {digest, changed_profile}
+
+    # a local package, which `dbt deps` links into dbt_packages: its macros are parsed too
+    package = tmp_path / "shared_macros"
+    (package / "macros").mkdir(parents=True)
+    (package / "macros" / "shared.sql").write_text("{% macro shared() %}1{% endmacro %}\n")
+    (project / "dbt_packages").mkdir()
+    (project / "dbt_packages" / "shared_macros").symlink_to(package, target_is_directory=True)
+    with_package = dbt_runner.parse_digest(project, project, target, environ)
+    assert with_package != changed_macro
+    (package / "macros" / "shared.sql").write_text("{% macro shared() %}2{% endmacro %}\n")
+    assert dbt_runner.parse_digest(project, project, target, environ) != with_package
 
 
 def test_a_kept_parse_that_cannot_be_read_is_parsed_again(warehouse, tmp_path, monkeypatch):
