@@ -7,6 +7,7 @@ Real components: the project's dbt, a DuckDB file in a temporary folder, dbtRunn
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 from pathlib import Path
@@ -201,3 +202,28 @@ def test_a_kept_parse_that_cannot_be_read_is_parsed_again(warehouse, tmp_path, m
     assert run.success and parses == [target]
     digest, _ = pickle.loads((target / dbt_runner.SAVED_PARSE).read_bytes())
     assert digest == dbt_runner.parse_digest(PROJECT, PROJECT, target)
+
+
+def test_letting_go_collects_the_garbage_only_while_it_holds_the_file(warehouse, tmp_path, monkeypatch):
+    collections: list[int] = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(1) or collect(*args))
+    target = tmp_path / "target"
+    run = run_dbt(["build", "--select", "iana_timezones", "--indirect-selection", "cautious"], project_dir=PROJECT,
+                  profiles_dir=PROJECT, target_path=target)
+    # a clean build leaves nothing holding the file: the whole heap is not walked for it
+    assert run.success and not dbt_runner.still_open(warehouse)
+    assert collections == []
+
+    # a connection left in a reference cycle (as a failed build's traceback can leave one) holds it
+    # until the garbage is collected: letting go collects it
+    gc.disable()
+    try:
+        held = [duckdb.connect(str(warehouse))]
+        held.append(held)
+        del held
+        assert dbt_runner.still_open(warehouse)
+        dbt_runner._let_go_of_the_warehouse()
+        assert not dbt_runner.still_open(warehouse) and collections
+    finally:
+        gc.enable()
