@@ -47,7 +47,6 @@ SAVED_PARSE = "nudge_parsed_manifest.pickle"
 # Read only while dbt executes, never while it parses: the clock changes every tick, and the
 # selection's indirect mode differs between the two dbt steps of one tick.
 _RUN_TIME_ONLY = frozenset({"NUDGE_AS_OF", "DBT_INDIRECT_SELECTION"})
-# Folders of the project that are dbt's output, not its input.
 # Folders of the project that are dbt's output, not what it parses (dbt_packages is parsed).
 _OUTPUT_FOLDERS = frozenset({"target", "logs"})
 
