@@ -89,3 +89,29 @@ def test_wal_files_skip_the_sync_per_commit_and_other_files_keep_it(home, tmp_pa
         with storage._connect("runs_dir_shard") as conn:  # noqa: SLF001
             assert conn.exec_driver_sql("pragma journal_mode").scalar() == "delete"
             assert conn.exec_driver_sql("pragma synchronous").scalar() == 2  # FULL
+
+
+def test_asking_for_a_table_makes_no_engine_of_its_own(home, monkeypatch):
+    """Dagster asks whether a table exists before storing each asset check result; its own
+    storage made an engine and a connection for every such question."""
+    from dagster._core.storage.event_log.sqlite import sqlite_event_log
+
+    with instance_at(home) as instance:
+        storage = instance.event_log_storage
+        assert dg.materialize([numbers, doubled], instance=instance).success
+        made = []
+        real_create_engine = sqlite_event_log.create_engine
+
+        def counted(*args, **kwargs):
+            made.append(args)
+            return real_create_engine(*args, **kwargs)
+
+        monkeypatch.setattr(sqlite_event_log, "create_engine", counted)
+        run = dg.materialize([numbers, doubled], instance=instance)
+        assert run.success
+        assert made == []
+        assert storage.has_table("asset_check_executions") is True
+        assert storage.has_table("no_such_table") is False
+        # the check result was stored in the index all the same
+        check = storage.get_latest_asset_check_execution_by_key([dg.AssetCheckKey(dg.AssetKey("numbers"), "has_rows")])
+        assert check[dg.AssetCheckKey(dg.AssetKey("numbers"), "has_rows")].run_id == run.run_id
