@@ -19,6 +19,13 @@ kept parse loads in 0.15 to 0.2 s. A tick gains less, about 0.5 s with nothing n
 (alternating), as part of the parse's time was the first use of dbt's classes, which the build
 now pays. A digest that differs parses with dbt, as before, and keeps the new parse.
 
+dbt formats every event for each of its loggers (a JSON document for the file, a line for the
+console) before Python's logging drops the ones below the logger's level: about 2,700 events in
+the models' step of a 10M tick, 188 of them written. Formatting the others took about 0.7 s of
+that step (dbt's event handling 1.26 s, then 0.57 s). Each logger dbt sets up for an invocation
+is given a filter that asks its level first (`_format_only_written_lines`); what reaches the
+console and the file is unchanged, line for line.
+
 dbt's own JSON artifacts are not written: every invocation, the parse included, rewrote the
 whole manifest.json, three times a tick, which nothing reads here (the Dagster code loads the
 prepared one, under target/); a tick with nothing new at 10M spent about 0.2 s less in dbt
@@ -31,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
+import logging
 import os
 import pickle
 import sys
@@ -219,7 +227,9 @@ def _parse(project_dir: Path, profiles_dir: Path, target_path: Path) -> Any:
     """dbt's own parse (partial, from the target folder's state), or None when it fails."""
     from dbt.cli.main import dbtRunner
 
-    parsed = dbtRunner().invoke(dbt_arguments(["parse", "--quiet"], project_dir, profiles_dir, target_path))
+    parsed = dbtRunner(callbacks=[_format_only_written_lines]).invoke(
+        dbt_arguments(["parse", "--quiet"], project_dir, profiles_dir, target_path)
+    )
     return parsed.result if parsed.success else None
 
 
@@ -278,6 +288,40 @@ def forget_manifests() -> None:
         _manifests.clear()
 
 
+# Python's logging levels of dbt's event levels, as dbt_common's loggers send them.
+_PYTHON_LEVELS = {"debug": logging.DEBUG, "test": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+                  "error": logging.ERROR}
+
+
+def _format_only_written_lines(event: Any) -> None:
+    """A dbtRunner callback: each logger of the invocation gets a filter that lets an event
+    through only if the logger will write it, so dbt formats only what it writes.
+
+    dbt sets its loggers up afresh for each invocation, before the first event, and calls the
+    loggers before the callbacks: from the first event on, the lines of the others are not made.
+    A logger without an output keeps dbt's filter."""
+    from dbt_common.events.functions import get_event_manager
+
+    for logger in get_event_manager().loggers:
+        if getattr(logger, "_nudge_level_filter", False):
+            continue
+        logger._nudge_level_filter = True
+        python_logger = getattr(logger, "_python_logger", None)
+        if python_logger is not None:
+            logger.filter = _ask_the_level_first(logger.filter, python_logger)
+
+
+def _ask_the_level_first(dbts_filter: Any, python_logger: logging.Logger) -> Any:
+    from dbt_common.events.logger import _is_print_event
+
+    def written(msg: Any) -> bool:
+        # dbt sends a print event as an error, so that --quiet still shows it
+        level = logging.ERROR if _is_print_event(msg) else _PYTHON_LEVELS.get(msg.info.level, logging.ERROR)
+        return python_logger.isEnabledFor(level) and dbts_filter(msg)
+
+    return written
+
+
 def run_dbt(command: Sequence[str], *, project_dir: Path, profiles_dir: Path, target_path: Path) -> DbtRun:
     """Invoke dbt in this process and collect its node results."""
     from dbt.cli.main import dbtRunner
@@ -292,7 +336,7 @@ def run_dbt(command: Sequence[str], *, project_dir: Path, profiles_dir: Path, ta
     with _lock:
         manifest = _parsed_manifest(project_dir, profiles_dir, target_path)
         try:
-            result = dbtRunner(manifest=manifest, callbacks=[collect]).invoke(
+            result = dbtRunner(manifest=manifest, callbacks=[_format_only_written_lines, collect]).invoke(
                 dbt_arguments(command, project_dir, profiles_dir, target_path)
             )
         finally:

@@ -75,6 +75,47 @@ def test_two_builds_parse_the_project_once_and_let_go_of_the_file(warehouse, tmp
         assert con.sql("select count(*) > 400 from seeds.iana_timezones").fetchall() == [(True,)]
 
 
+def _count_json_lines_made(monkeypatch) -> list[str]:
+    """The names of the events dbt's file logger formats from here on (the real formatting runs)."""
+    from dbt_common.events.logger import _JsonLogger
+
+    made: list[str] = []
+    create_line = _JsonLogger.create_line
+
+    def counted(self, msg):
+        made.append(msg.info.name)
+        return create_line(self, msg)
+
+    monkeypatch.setattr(_JsonLogger, "create_line", counted)
+    return made
+
+
+def _logged(target: Path) -> list[str]:
+    return [json.loads(line)["info"]["name"] for line in (target / "dbt.log").read_text().splitlines()]
+
+
+def test_dbt_formats_only_the_log_lines_it_writes(warehouse, tmp_path, monkeypatch):
+    made = _count_json_lines_made(monkeypatch)
+    target = tmp_path / "target"
+    run = run_dbt(["build", "--select", "iana_timezones", "--indirect-selection", "cautious"], project_dir=PROJECT,
+                  profiles_dir=PROJECT, target_path=target)
+    assert run.success
+    logged = _logged(target)
+    assert "LogSeedResult" in logged and "SQLQuery" not in logged
+    # the parse and the build: each invocation's first event (written) comes before its filters
+    assert made == logged
+
+
+def test_dbts_debug_file_log_still_has_every_query(warehouse, tmp_path, monkeypatch):
+    monkeypatch.setenv("DBT_LOG_LEVEL_FILE", "debug")
+    target = tmp_path / "target"
+    run = run_dbt(["build", "--select", "iana_timezones", "--indirect-selection", "cautious"], project_dir=PROJECT,
+                  profiles_dir=PROJECT, target_path=target)
+    assert run.success
+    logged = _logged(target)
+    assert "SQLQuery" in logged and "LogSeedResult" in logged
+
+
 def test_a_build_that_fails_says_so(warehouse, tmp_path):
     run = run_dbt(["build", "--select", "iana_timezones", "--vars", "{not yaml"], project_dir=PROJECT,
                   profiles_dir=PROJECT, target_path=tmp_path / "target")
