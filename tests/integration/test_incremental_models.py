@@ -170,6 +170,8 @@ class Split:
     relinked: tuple[str, str, str] | None = None
     # (anonymous id, contact) of a device stitched in load 1 that sends an anonymous event in load 2
     anonymous_after: tuple[str, str] | None = None
+    # (contact id, its load-1 row, its newer row in load 2: another address and timezone)
+    moved: tuple[str, dict, dict] | None = None
 
 
 def _rows(lines: list[bytes]) -> list[dict | None]:
@@ -261,7 +263,14 @@ def split_sample(sample: Path) -> Split:
         updated = parse_time(row.get("updated_at")) if row else None
         (later if updated and updated >= plain(T1) else first).append(line)
     split.load1["contacts/contacts.jsonl"] = b"".join(first)
-    split.load2["contacts/contacts-later.jsonl"] = b"".join([*later, orjson.dumps(FREE_CONTACT) + b"\n"])
+    # A contact of load 1 moves (a new address, another timezone, spelled loosely) in load 2; the
+    # ingest trims the values, staging lowercases the address and spells the zone as the seed does.
+    before = next(row for row in _rows(first) if row and row.get("email") and row.get("timezone") != "Asia/Tokyo")
+    after = dict(before, email=" Moved.Contact@Example.com ", timezone=" asia/tokyo ", updated_at="2026-10-30T00:00:00Z")
+    split.moved = (before["contact_id"], before, after)
+    split.load2["contacts/contacts-later.jsonl"] = b"".join(
+        [*later, orjson.dumps(FREE_CONTACT) + b"\n", orjson.dumps(after) + b"\n"]
+    )
     return split
 
 
@@ -356,7 +365,7 @@ PER_CONTACT_MODELS = (
     "trg_winback",
 )
 FIRST_PER_KEY_MODELS = ("int_identity_map", "int_email_suppressions")
-INCREMENTAL_MODELS = ("int_events_stitched", *PER_CONTACT_MODELS, *FIRST_PER_KEY_MODELS)
+INCREMENTAL_MODELS = ("stg_contacts", "int_events_stitched", *PER_CONTACT_MODELS, *FIRST_PER_KEY_MODELS)
 
 
 def incremental_sql(run_results: dict) -> dict[str, str]:
@@ -617,3 +626,53 @@ def test_email_suppressions_keep_each_addresss_first_failure_by_the_clock(runs):
         "alone_t4": {**earlier, **waking},
         "full_t2": {**earlier, **waking}, "full_t0": earlier, "full_t3": {**earlier, **waking}, "full_t4": {**earlier, **waking},
     }
+
+
+def test_stg_contacts_reads_only_the_contacts_loaded_since_its_last_build(runs):
+    # A table kept up to date: every build but the first and the full refreshes reads the contacts
+    # loaded after the newest it holds (at T2, load 2's), and a contact loaded again replaces its row.
+    reads_since = {copy: "where source.loaded_at > (" in sql["stg_contacts"] for copy, sql in runs.compiled.items()}
+    assert reads_since == {"incremental_t1": False, "incremental_t2": True, "incremental_t0": True, "rewound": True,
+                           "replayed_t0": True, "incremental_t3": True, "alone_t4": True,
+                           "full_t2": False, "full_t0": False, "full_t3": False, "full_t4": False}
+    contact_id, before, _ = runs.split.moved
+
+    def row(copy: str) -> list[tuple]:
+        return runs.query(f"select email, timezone, timezone_raw from {copy}.stg_contacts where contact_id = '{contact_id}'")
+
+    assert row("incremental_t1") == [(before["email"].strip().lower(), before["timezone"], before["timezone"])]
+    assert row("incremental_t2") == row("full_t2") == [("moved.contact@example.com", "Asia/Tokyo", "asia/tokyo")]
+
+
+def test_stg_contacts_follows_an_edited_timezone_seed(tmp_path):
+    # The seed changes what a timezone as given becomes; no contact is loaded again. An incremental
+    # build rebuilds the contacts whose zone it now spells differently, and gives a full refresh's rows.
+    generate(tmp_path / "sample", contacts=200, seed=11)
+    warehouse = tmp_path / "warehouse.duckdb"
+    ingest(warehouse, tmp_path / "landing", {
+        f"contacts/{path.name}": path.read_bytes() for path in (tmp_path / "sample" / "contacts").iterdir()
+    }, T1)
+    only_contacts = ("--select", "stg_contacts", *NO_DATA_TESTS)
+    dbt_build(warehouse, tmp_path / "dbt", T1, "--select", "iana_timezones", "stg_contacts", *NO_DATA_TESTS)
+
+    def zones() -> dict[str, int]:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            return dict(con.execute("select timezone, count(*) from staging.stg_contacts group by timezone").fetchall())
+
+    before = zones()
+    assert before.get("Asia/Tokyo", 0) > 0 and before.get("Europe/London", 0) > 0
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("update seeds.iana_timezones set timezone_name = 'ASIA/TOKYO' where timezone_name = 'Asia/Tokyo'")
+        con.execute("delete from seeds.iana_timezones where timezone_name = 'Europe/London'")
+    results = dbt_build(warehouse, tmp_path / "dbt", T1, *only_contacts)
+    (compiled,) = [result["compiled_code"] for result in results["results"] if result["unique_id"] == "model.nudge.stg_contacts"]
+    assert "respelled_timezones" in compiled
+    incremental = zones()
+    assert incremental["ASIA/TOKYO"] == before["Asia/Tokyo"]
+    assert "Europe/London" not in incremental and incremental["UTC"] == before.get("UTC", 0) + before["Europe/London"]
+
+    with duckdb.connect(str(warehouse)) as con:
+        kept = con.execute("select * from staging.stg_contacts order by contact_id").fetchall()
+    dbt_build(warehouse, tmp_path / "dbt", T1, *only_contacts, "--full-refresh")
+    with duckdb.connect(str(warehouse)) as con:
+        assert con.execute("select * from staging.stg_contacts order by contact_id").fetchall() == kept
