@@ -127,6 +127,12 @@ def _write_due(con: duckdb.DuckDBPyConnection, automation: Automation, params: d
     con.execute(f"create or replace temp table {_DUE} as {sql}", _params_of(sql, params))
 
 
+def _any_due(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether _write_due wrote a row (on `con`)."""
+    ((found,),) = con.execute(f"select exists (select 1 from {_DUE})").fetchall()
+    return bool(found)
+
+
 def _params_of(sql: str, params: dict[str, Any]) -> dict[str, Any]:
     """The parameters `sql` names (DuckDB refuses one it does not)."""
     named = set(re.findall(r"\$(\w+)", sql))
@@ -460,6 +466,10 @@ def send_automation(
             report.interrupted = mark_interrupted(con, automation.name, pending_keys(con, automation.name), now=clock())
             if report.interrupted:
                 log(f"{report.interrupted} claims of an interrupted run are now 'unknown' (never resent)")
+        if not _any_due(reader):
+            # Most automations, most hours: the candidates' joins (the contacts, the ledger's history
+            # of each contact) would find nothing to decide. The template was still loaded and checked.
+            return report
 
         candidates = _candidates_sql(automation, contacts_relation, events_relation, suppressions_relation)
         sql = _verdicts_sql(candidates, automation)

@@ -9,6 +9,7 @@ import dataclasses
 import threading
 import time
 
+import duckdb
 import pytest
 from send_warehouse import AS_OF, CONFIG, WELCOME, ledger, welcome_warehouse
 from smtp_sink import SmtpSink
@@ -18,7 +19,7 @@ from dagster_project.automations import Policy
 from dagster_project.backends import FileBackend, NullBackend, backend_from_url
 from dagster_project.backends.base import BackendUnavailable
 from dagster_project.ledger import DuplicateKeys
-from dagster_project.rendering import EmailTemplate
+from dagster_project.rendering import EmailTemplate, TemplateError
 
 EMAILS = [f"person{i}@example.com" for i in range(10)]
 
@@ -172,3 +173,30 @@ def test_candidates_that_repeat_a_key_stop_the_send_before_anything_is_written(c
     with FileBackend(outbox) as backend:
         assert send(con, backend).sent == len(EMAILS)
     assert len(list(outbox.rglob("*.eml"))) == len(EMAILS)
+
+
+def test_with_nothing_due_the_contacts_are_not_read_and_the_template_is_still_checked(con, tmp_path):
+    # The hour after a send: every welcome is in the ledger. The candidates' joins (the contacts, the
+    # ledger's history) are skipped, so a contacts relation that does not exist goes unnoticed...
+    with FileBackend(tmp_path / "outbox") as backend:
+        assert send(con, backend).sent == len(EMAILS)
+    decided = ledger(con)
+
+    def send_nothing(backend, automation=WELCOME):
+        return send_module.send_automation(
+            con, automation, contacts_relation="staging.no_such_contacts", events_relation="intermediate.no_such_events",
+            backend=backend, config=CONFIG, as_of=AS_OF, policy=Policy(cap_per_day=None, cap_per_week=None),
+            marketing_automations=["welcome"])
+
+    with FileBackend(tmp_path / "outbox") as backend:
+        report = send_nothing(backend)
+    assert (report.due, report.sent, sum(report.skipped.values())) == (0, 0, 0)
+    assert ledger(con) == decided
+    # ...while a template that does not compile still stops the automation, with nothing due.
+    with FileBackend(tmp_path / "outbox") as backend, pytest.raises(TemplateError, match="no_such_template"):
+        send_nothing(backend, dataclasses.replace(WELCOME, template="no_such_template"))
+    # With something due again (a new sign-up), the contacts are read.
+    con.execute("insert into triggers.trg_welcome select 'c_new', 'c_new', timestamp '2026-11-01 11:30', "
+                "timestamp '2026-11-01 11:30', '{}'")
+    with FileBackend(tmp_path / "outbox") as backend, pytest.raises(duckdb.CatalogException, match="no_such_contacts"):
+        send_nothing(backend)
