@@ -2,8 +2,15 @@
     checks of what was loaded, the send's candidates once per automation), and as a view each
     read joined every contact with the timezones again. A build re-reads only the contacts
     loaded since the last one, and those whose timezone as given the seed now spells
-    differently; a full refresh re-reads everyone and gives the same rows. -#}
-{{ config(materialized='incremental', unique_key='contact_id', incremental_strategy='delete+insert') }}
+    differently; a full refresh re-reads everyone and gives the same rows. A column added here
+    fails the build until a full refresh, as in the other incremental models, rather than being
+    left out of the table. -#}
+{{ config(
+    materialized='incremental',
+    unique_key='contact_id',
+    incremental_strategy='delete+insert',
+    on_schema_change='fail'
+) }}
 
 with
 
