@@ -24,3 +24,11 @@
     {#- Spark and Databricks keep naive timestamps as UTC instants: shift them to the zone's wall clock. -#}
     from_utc_timestamp({{ timestamp_utc }}, {{ timezone }})
 {%- endmacro %}
+
+
+{% macro nudge_timezone_matches(given, timezone_name) -%}
+    {#- Whether a timezone as given names a zone of the seed iana_timezones: ignoring case and
+        surrounding blanks. stg_contacts spells a contact's zone by it and, on an incremental
+        build, finds by it the zones an edited seed spells differently: one rule for both. -#}
+    lower(trim({{ given }})) = lower({{ timezone_name }})
+{%- endmacro %}

@@ -41,7 +41,7 @@ respelled_timezones as (
 
     from kept_timezones
     left join timezones
-        on lower(trim(kept_timezones.timezone_raw)) = lower(timezones.timezone_name)
+        on {{ nudge_timezone_matches('kept_timezones.timezone_raw', 'timezones.timezone_name') }}
     where coalesce(timezones.timezone_name, 'UTC') <> kept_timezones.timezone
 
 ),
@@ -83,7 +83,7 @@ renamed as (
 
     from changed
     left join timezones
-        on lower(trim(changed.timezone)) = lower(timezones.timezone_name)
+        on {{ nudge_timezone_matches('changed.timezone', 'timezones.timezone_name') }}
 
 )
 
