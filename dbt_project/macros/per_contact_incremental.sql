@@ -3,12 +3,15 @@
     contact's own events (and contact row) is rebuilt, each tick, for the contacts whose
     answer may have changed, not for everyone in the history.
 
-    A model opts in with `{{ nudge_per_contact_model(wakes={...}) }}` at its top (incremental,
-    appended, nudge_forget_contacts_to_rebuild as its pre-hook, nudge_record_contact_watermark
-    as its post-hook, and its time rules as meta.nudge_wakes) and reads its events with
-    `select * from {{ nudge_events_to_rebuild() }}`. The pre-hook deletes the rows of the
-    contacts to rebuild, the model appends their new ones, and the post-hook records the
-    clock and the load times it was built at.
+    A model opts in with `{{ nudge_per_contact_model(events=[...], wakes={...}) }}` at its top
+    (incremental, appended, nudge_forget_contacts_to_rebuild as its pre-hook,
+    nudge_record_contact_watermark as its post-hook, the event names it reads as
+    meta.nudge_events and its time rules as meta.nudge_wakes) and reads its events with
+    `select * from {{ nudge_events_to_rebuild() }}`, which holds only the events of those names:
+    a name the model leaves out it never sees, on a full build as on an incremental one (and
+    in its dbt unit tests). The pre-hook deletes the rows of the contacts to rebuild, the model
+    appends their new ones, and the post-hook records the clock and the load times it was
+    built at.
 
     Which contacts: those with an event loaded since the last build; those with an event
     (or an identify of their anonymous id) that the clock reached since the last build;
@@ -27,7 +30,12 @@
     answer: a contact with nothing new is rebuilt the same), each with the time rule that
     brought it, and int_events_to_rebuild their events. A model rebuilds the contacts every
     model shares and those its own rules brought: a contact whose last workout turned 30 days
-    old is rebuilt in seg_dormant, not in the carts. A model reads them when they were built at its
+    old is rebuilt in seg_dormant, not in the carts. Of the reasons every model shares, a new
+    event (loaded, or reached by the clock, or stitched by an identify the clock reached) is
+    tagged with its name, and a model that declares its event names rebuilds only the contacts
+    with new events of those: a login rebuilds no cart. A model that reads another per-contact
+    model's rows (nudge_rows_to_rebuild) must declare that model's names and time rules too,
+    which nudge_require_upstream_reasons checks. A model reads them when they were built at its
     clock with every load it sees (a tick builds them first); otherwise (a model built on
     its own after a new load) it works out its own contacts.
 -#}
@@ -93,32 +101,37 @@
         OR of them, or a duration added to the column, reads every event). Loads compare
         with `>`: each has its own instant, and the newest the last build saw may be a bulk
         backfill of the whole history. `tagged`: a second column, wake, says which time
-        rule (nudge_wake_key) brought the contact, null for the reasons every model shares. -#}
-    {%- set shared_reason = (", cast(null as " ~ dbt.type_string() ~ ") as wake") if tagged else "" -%}
+        rule (nudge_wake_key) brought the contact, null for the reasons every model shares; a
+        third, event_name, the name of the new event that brought it, null for the reasons
+        every model rebuilds whatever it reads (a relink, a contact row) and for a time rule. -#}
+    {%- set no_tag = "cast(null as " ~ dbt.type_string() ~ ")" -%}
+    {%- set shared_reason = (", " ~ no_tag ~ " as wake, " ~ no_tag ~ " as event_name") if tagged else "" -%}
+    {#- a new event changes only its own name's answers -#}
+    {%- set event_reason = (", " ~ no_tag ~ " as wake, event_name") if tagged else "" -%}
     {%- set last_as_of = nudge_timestamp_literal(last.as_of) -%}
     {%- set loaded_until = nudge_timestamp_literal(last.events_loaded_until) -%}
     {%- set new_load -%}
         (loaded_at > {{ loaded_until }} or loaded_at is null)
     {%- endset -%}
-    select coalesce(contact_id, stitched_contact_id) as contact_id{{ shared_reason }}
+    select coalesce(contact_id, stitched_contact_id) as contact_id{{ event_reason }}
     from {{ stitched }}
     where loaded_at > {{ loaded_until }}
 
     union
 
-    select coalesce(contact_id, stitched_contact_id) as contact_id{{ shared_reason }}
+    select coalesce(contact_id, stitched_contact_id) as contact_id{{ event_reason }}
     from {{ stitched }}
     where loaded_at is null
 
     union
 
-    select coalesce(contact_id, stitched_contact_id) as contact_id{{ shared_reason }}
+    select coalesce(contact_id, stitched_contact_id) as contact_id{{ event_reason }}
     from {{ stitched }}
     where occurred_at > {{ last_as_of }} and occurred_at <= {{ nudge_as_of() }}
 
     union
 
-    select coalesce(contact_id, stitched_contact_id) as contact_id{{ shared_reason }}
+    select coalesce(contact_id, stitched_contact_id) as contact_id{{ event_reason }}
     from {{ stitched }}
     where identified_at > {{ last_as_of }} and identified_at <= {{ nudge_as_of() }}
 
@@ -141,7 +154,7 @@
     union
 
     select coalesce(contact_id, stitched_contact_id) as contact_id
-        {%- if tagged %}, '{{ nudge_wake_key(event_name, duration) }}' as wake{% endif %}
+        {%- if tagged %}, '{{ nudge_wake_key(event_name, duration) }}' as wake, {{ no_tag }} as event_name{% endif %}
     from {{ stitched }}
     where event_name = '{{ event_name }}'
         and occurred_at > cast({{ dbt.dateadd(parsed.datepart, -parsed.amount, last_as_of) }} as {{ dbt.type_timestamp() }})
@@ -169,14 +182,76 @@
 
 {% macro nudge_shared_contacts_of_this_model() -%}
     {#- The contacts of int_contacts_to_rebuild this model rebuilds: those every model shares
-        and those its own time rules brought, not the ones another model's rules brought (a
-        contact turning dormant changes no cart). -#}
+        (of the new events, those of the names it reads) and those its own time rules brought,
+        not the ones another model's rules brought (a contact turning dormant changes no cart). -#}
     {%- set keys = [] -%}
     {%- for event_name, duration in nudge_wakes() -%}
         {%- do keys.append("'" ~ nudge_wake_key(event_name, duration) ~ "'") -%}
     {%- endfor -%}
+    {%- set names = nudge_events_read() -%}
     select contact_id from {{ ref('int_contacts_to_rebuild') }}
-    where wake is null{% if keys %} or wake in ({{ keys | join(', ') }}){% endif %}
+    where {% if names is none %}wake is null
+        {%- else %}(wake is null and (event_name is null or event_name in ({{ nudge_event_name_list(names) }})))
+        {%- endif %}
+        {%- if keys %} or wake in ({{ keys | join(', ') }}){% endif %}
+{%- endmacro %}
+
+
+{% macro nudge_events_read() -%}
+    {#- The event names this model reads, from meta.nudge_events (nudge_per_contact_model's
+        events), or none: every event. -#}
+    {{ return((config.get('meta') or {}).get('nudge_events')) }}
+{%- endmacro %}
+
+
+{% macro nudge_of_names_read(relation) -%}
+    {#- `relation` (events) narrowed to this model's event names, when it declares them. -#}
+    {%- set names = nudge_events_read() -%}
+    {%- if names is none -%}
+        {{ return(relation) }}
+    {%- endif -%}
+    {{ return("(select * from " ~ relation ~ " where event_name in (" ~ nudge_event_name_list(names) ~ "))") }}
+{%- endmacro %}
+
+
+{% macro nudge_require_upstream_reasons(relation) -%}
+    {#- A model reading another per-contact model's rows by contact must rebuild every contact
+        that model rebuilds: declare at least its event names and its time rules. dbt knows the
+        graph only when it runs, so this fails the build, with what to add, rather than parsing. -#}
+    {%- if not execute or relation is none -%}
+        {{ return('') }}
+    {%- endif -%}
+    {%- set names = nudge_events_read() -%}
+    {%- set own_wakes = [] -%}
+    {%- for event_name, duration in nudge_wakes() -%}
+        {%- do own_wakes.append(nudge_wake_key(event_name, duration)) -%}
+    {%- endfor -%}
+    {%- for node in nudge_per_contact_models() if node.alias == relation.identifier and node.schema == relation.schema -%}
+        {%- set meta = node.config.meta or {} -%}
+        {%- set upstream_names = meta.get('nudge_events') -%}
+        {%- set problems = [] -%}
+        {%- if names is not none and upstream_names is none -%}
+            {%- do problems.append("it reads every event, so " ~ model.name ~ " must declare no events either") -%}
+        {%- elif names is not none -%}
+            {%- set missing = upstream_names | reject('in', names) | list -%}
+            {%- if missing -%}
+                {%- do problems.append("add the event names " ~ missing | join(', ') ~ " to its events") -%}
+            {%- endif -%}
+        {%- endif -%}
+        {%- for event_name, duration in (meta.get('nudge_wakes') or {}).items() -%}
+            {%- if nudge_wake_key(event_name, duration) not in own_wakes -%}
+                {%- do problems.append("add the time rule {'" ~ event_name ~ "': '" ~ duration ~ "'} to its wakes") -%}
+            {%- endif -%}
+        {%- endfor -%}
+        {%- if problems -%}
+            {{ exceptions.raise_compiler_error(
+                model.name ~ " reads the rows of " ~ node.name ~ " for the contacts to rebuild, but would not"
+                ~ " rebuild every contact " ~ node.name ~ " rebuilds: " ~ problems | join('; ')
+                ~ " (nudge_per_contact_model at the top of " ~ model.original_file_path ~ ")"
+            ) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return('') }}
 {%- endmacro %}
 
 
@@ -221,8 +296,9 @@
     {#- The refs make the dependencies known when dbt parses (the shared tables build first);
         a unit test (no `this`) reads only the inputs it gives, and always everyone. -#}
     {%- if this is none -%}
-        {{ return(relation) }}
+        {{ return(relation if relation is not none else nudge_of_names_read(ref('int_events'))) }}
     {%- endif -%}
+    {%- do nudge_require_upstream_reasons(relation) -%}
     {%- set everyone = ref('int_events') -%}
     {%- set shared_events = ref('int_events_to_rebuild') -%}
     {%- set shared_contacts = ref('int_contacts_to_rebuild') -%}
@@ -231,14 +307,15 @@
     {%- set read = relation if relation is not none else everyone -%}
     {%- set last = nudge_contact_watermark() -%}
     {%- if last is none -%}
-        {{ return(read) }}
+        {%- set rows = read -%}
     {%- elif nudge_shared_rebuild_is_current() -%}
         {%- set read = shared_events if relation is none else read -%}
-        {{ return("(select * from " ~ read ~ " where contact_id in (" ~ nudge_shared_contacts_of_this_model() ~ "))") }}
+        {%- set rows = "(select * from " ~ read ~ " where contact_id in (" ~ nudge_shared_contacts_of_this_model() ~ "))" -%}
     {%- else -%}
-        {{ return("(select * from " ~ read ~ " where contact_id in ("
-            ~ nudge_contacts_changed_since(last, nudge_wakes(), stitched, contacts) ~ "))") }}
+        {%- set rows = "(select * from " ~ read ~ " where contact_id in ("
+            ~ nudge_contacts_changed_since(last, nudge_wakes(), stitched, contacts) ~ "))" -%}
     {%- endif -%}
+    {{ return(rows if relation is not none else nudge_of_names_read(rows)) }}
 {%- endmacro %}
 
 
@@ -309,7 +386,10 @@
         model that rebuilds everyone (its first build, a --full-refresh, a clock that moved
         back) does not read it and does not count. -#}
     {%- set none_changed -%}
-        select cast(null as {{ dbt.type_string() }}) as contact_id, cast(null as {{ dbt.type_string() }}) as wake
+        select
+            cast(null as {{ dbt.type_string() }}) as contact_id,
+            cast(null as {{ dbt.type_string() }}) as wake,
+            cast(null as {{ dbt.type_string() }}) as event_name
         where 1 = 0
     {%- endset -%}
     {%- set stitched = ref('int_events_stitched') -%}
@@ -355,14 +435,27 @@
 {%- endmacro %}
 
 
-{% macro nudge_per_contact_model(wakes=none) -%}
-    {#- A model's config as a per-contact incremental model, with its time rules (meta.nudge_wakes). -#}
+{% macro nudge_per_contact_model(events=none, wakes=none) -%}
+    {#- A model's config as a per-contact incremental model, with the event names it reads
+        (meta.nudge_events; none: every event) and its time rules (meta.nudge_wakes). -#}
+    {%- if events is not none -%}
+        {%- set events = [events] if events is string else events | list -%}
+        {%- if events | length == 0 -%}
+            {{ exceptions.raise_compiler_error(
+                model.name ~ ": nudge_per_contact_model(events=...) names no event; leave it out to read every event") }}
+        {%- endif -%}
+        {%- set unread = (wakes or {}).keys() | reject('in', events) | list -%}
+        {%- if unread -%}
+            {{ exceptions.raise_compiler_error(
+                model.name ~ ": a time rule on " ~ unread | join(', ') ~ ", an event it does not read: add it to events") }}
+        {%- endif -%}
+    {%- endif -%}
     {{ config(
         materialized='incremental',
         incremental_strategy='append',
         on_schema_change='fail',
         pre_hook="{{ nudge_forget_contacts_to_rebuild() }}",
         post_hook="{{ nudge_record_contact_watermark() }}",
-        meta={'nudge_wakes': wakes or {}}
+        meta={'nudge_wakes': wakes or {}, 'nudge_events': events}
     ) }}
 {%- endmacro %}

@@ -40,6 +40,7 @@ from dagster_project.ingest import ingest_contacts, ingest_events
 from dagster_project.ledger import ensure_ledger
 from dagster_project.sample_data import generate
 from dagster_project.settings import PROJECT_ROOT
+from tests.nudge_env import copy_project
 
 PROJECT = PROJECT_ROOT / "dbt_project"
 DBT = Path(sys.executable).parent / "dbt"
@@ -318,23 +319,28 @@ def ingest(warehouse: Path, landing: Path, files: dict[str, bytes], loaded_at: d
     assert sum(report.files_loaded for report in reports) == len(files), reports
 
 
-def dbt_build(warehouse: Path, work: Path, as_of: datetime, *extra: str) -> dict:
-    """One `dbt build` as a tick runs it (arguments, NUDGE_AS_OF and NUDGE_WAREHOUSE); its run results."""
-    target = work / "target"
-    result = subprocess.run(
+def dbt_command(warehouse: Path, work: Path, as_of: datetime, *arguments: str,
+                project: Path = PROJECT) -> subprocess.CompletedProcess:
+    """dbt with `arguments`, as a tick runs it (NUDGE_AS_OF and NUDGE_WAREHOUSE)."""
+    return subprocess.run(
         [
-            str(DBT), *DBT_BUILD_ARGS, *extra,
-            "--project-dir", str(PROJECT), "--profiles-dir", str(PROJECT),
+            str(DBT), *arguments,
+            "--project-dir", str(project), "--profiles-dir", str(PROJECT),
             # one target folder for every build of this one warehouse path: dbt parses the project once
-            "--target-path", str(target), "--log-path", str(work / "logs"),
+            "--target-path", str(work / "target"), "--log-path", str(work / "logs"),
         ],
         env={**os.environ, **dbt_environment(as_of, warehouse)},
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def dbt_build(warehouse: Path, work: Path, as_of: datetime, *extra: str) -> dict:
+    """One `dbt build` as a tick runs it (the tick's arguments); its run results."""
+    result = dbt_command(warehouse, work, as_of, *DBT_BUILD_ARGS, *extra)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    return orjson.loads((target / "run_results.json").read_bytes())
+    return orjson.loads((work / "target" / "run_results.json").read_bytes())
 
 
 def compared_models(work: Path) -> dict[str, tuple[str, str]]:
@@ -528,7 +534,8 @@ def test_a_contact_only_time_brought_back_is_rebuilt_by_the_models_with_that_rul
     assert wakes and None not in wakes
     assert any(f"'{wake}'" in runs.compiled["incremental_t3"][model] for wake in wakes)
     carts = runs.compiled["incremental_t3"]["int_carts"]
-    assert "where wake is null" in carts and "wake in (" not in carts
+    assert "(wake is null and (event_name is null or event_name in ('added_to_cart', 'purchased')))" in carts
+    assert "wake in (" not in carts
 
 
 def test_the_compared_models_are_populated(runs):
@@ -676,3 +683,70 @@ def test_stg_contacts_follows_an_edited_timezone_seed(tmp_path):
     dbt_build(warehouse, tmp_path / "dbt", T1, *only_contacts, "--full-refresh")
     with duckdb.connect(str(warehouse)) as con:
         assert con.execute("select * from staging.stg_contacts order by contact_id").fetchall() == kept
+
+
+def test_a_model_rebuilds_only_the_contacts_with_new_events_of_the_names_it_reads(tmp_path):
+    # Rows of three contacts in int_carts (adds and purchases) and int_workout_days (workouts) are
+    # spoiled after a build, so a later build shows which contacts each model rebuilt. Then one
+    # contact logs in, one adds to their cart, and one's contact row is loaded again: only the
+    # models reading the new event's name rebuild its contact, and every model the reloaded one.
+    generate(tmp_path / "sample", contacts=300, seed=13)
+    warehouse, work, landing = tmp_path / "warehouse.duckdb", tmp_path / "dbt", tmp_path / "landing"
+    sample = {f"{folder}/{path.name}": path.read_bytes()
+              for folder in ("events", "contacts") for path in (tmp_path / "sample" / folder).iterdir()}
+    ingest(warehouse, landing, sample, T2)
+    models = ("--select", "+int_carts", "+int_workout_days", "+seg_dormant", *NO_DATA_TESTS)
+    dbt_build(warehouse, work, T2, *models)
+
+    with duckdb.connect(str(warehouse)) as con:
+        (logged_in, added, reloaded) = [contact for (contact,) in con.execute(
+            "select contact_id from intermediate.int_carts intersect "
+            "select contact_id from intermediate.int_workout_days order by contact_id limit 3"
+        ).fetchall()]
+        contact_row = orjson.loads(next(
+            line for line in sample["contacts/contacts.jsonl"].splitlines() if f'"{reloaded}"' in line.decode()
+        ))
+        for contact in (logged_in, added, reloaded):
+            con.execute("update intermediate.int_carts set item_count = -1 where contact_id = ?", [contact])
+            con.execute("update intermediate.int_workout_days set workout_count = -1 where contact_id = ?", [contact])
+        # a login makes no one dormant: seg_dormant, which reads logins, drops this row if it rebuilds them
+        con.execute("insert into segments.seg_dormant values (?, ?, ?, 'logged_in')", [logged_in, plain(T1), plain(T1)])
+
+    before = plain(T2) - timedelta(minutes=5)
+    hour = T2 + timedelta(hours=1)
+    ingest(warehouse, landing, {
+        "events/next-hour.jsonl": b"".join(orjson.dumps(event) + b"\n" for event in [
+            _event("e_names_login", logged_in, "logged_in", before),
+            _event("e_names_add", added, "added_to_cart", before, product_id="p_names", price=5.0, quantity=1),
+        ]),
+        "contacts/reloaded.jsonl": orjson.dumps(dict(contact_row, updated_at=plain(T2).isoformat() + "Z")) + b"\n",
+    }, hour)
+    dbt_build(warehouse, work, hour, *models)
+
+    def spoiled(model: str) -> set[str]:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            column = "item_count" if model == "int_carts" else "workout_count"
+            return {contact for (contact,) in con.execute(
+                f"select distinct contact_id from intermediate.{model} where {column} = -1").fetchall()}
+
+    assert spoiled("int_carts") == {logged_in}  # the add and the contact row rebuilt the others
+    assert spoiled("int_workout_days") == {logged_in, added}
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("select count(*) from segments.seg_dormant where contact_id = ?", [logged_in]).fetchall() == [(0,)]
+        scope = set(con.execute("select contact_id, wake, event_name from intermediate.int_contacts_to_rebuild").fetchall())
+    assert {(logged_in, None, "logged_in"), (added, None, "added_to_cart"), (reloaded, None, None)} <= scope
+
+
+def test_a_model_must_declare_what_the_per_contact_model_it_reads_declares(tmp_path):
+    # trg_cart_abandoned reads int_carts' rows of the contacts to rebuild: without purchases among its
+    # names it would miss the carts a purchase closes. The build fails, naming what to add.
+    project, _ = copy_project(tmp_path)
+    model = project / "models" / "triggers" / "trg_cart_abandoned.sql"
+    declared = "events=['added_to_cart', 'purchased']"
+    assert declared in model.read_text()
+    model.write_text(model.read_text().replace(declared, "events=['added_to_cart']"))
+    result = dbt_command(tmp_path / "warehouse.duckdb", tmp_path / "dbt", T2, "compile", "--select", "trg_cart_abandoned",
+                         project=project)
+    assert result.returncode != 0
+    assert "trg_cart_abandoned reads the rows of int_carts for the contacts to rebuild" in result.stdout
+    assert "add the event names purchased to its events" in result.stdout

@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['added_to_cart', 'purchased']) }}
 
 -- A contact's carts depend on their own events only: each tick rebuilds the contacts
 -- with something new (macros/per_contact_incremental.sql), not the whole history.
@@ -21,10 +21,10 @@ cart_events as (
         properties,
         is_syncing
 
+    -- adds and purchases alone: the events declared at the top
     from events
-    where event_name in ('added_to_cart', 'purchased')
-        -- nothing after the run's clock has happened yet
-        and occurred_at <= {{ nudge_as_of() }}
+    -- nothing after the run's clock has happened yet
+    where occurred_at <= {{ nudge_as_of() }}
 
 ),
 

@@ -19,7 +19,8 @@ final as (
 
     select distinct
         cast(contact_id as {{ dbt.type_string() }}) as contact_id,
-        cast(wake as {{ dbt.type_string() }}) as wake
+        cast(wake as {{ dbt.type_string() }}) as wake,
+        cast(event_name as {{ dbt.type_string() }}) as event_name
     from changed
     -- an anonymous id nobody has identified as yet belongs to no contact
     where contact_id is not null

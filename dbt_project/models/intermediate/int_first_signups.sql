@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['signed_up']) }}
 
 -- A contact's first signup is theirs alone: each tick rebuilds the contacts with something new
 -- (macros/per_contact_incremental.sql).

@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['product_viewed', 'added_to_cart', 'purchased']) }}
 
 {%- set product_keys = ['product_id', 'name', 'category', 'price', 'quantity'] %}
 

@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['purchased']) }}
 
 -- A contact's purchases are theirs alone: each tick rebuilds the contacts with something new
 -- (macros/per_contact_incremental.sql). trg_post_purchase reads its orders here, not from
@@ -21,8 +21,8 @@ final as (
         properties,
         is_syncing
 
+    -- the purchases alone: the events declared at the top
     from events
-    where event_name = 'purchased'
 
 )
 

@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['workout_completed']) }}
 
 -- A contact's days depend on their own workouts and time zone only: each tick rebuilds
 -- the contacts with something new (macros/per_contact_incremental.sql).

@@ -3,7 +3,7 @@
 {%- set dormant_after = dormancy.dormant_after -%}
 {#- Per contact (macros/per_contact_incremental.sql): a contact's dormancy changes with their
     own events, and when 30 days pass after an activity. -#}
-{{ nudge_per_contact_model(wakes=nudge_dormancy_wakes()) }}
+{{ nudge_per_contact_model(events=activity_events, wakes=nudge_dormancy_wakes()) }}
 
 with
 

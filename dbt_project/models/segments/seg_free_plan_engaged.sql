@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model(wakes={'workout_completed': '14d'}) }}
+{{ nudge_per_contact_model(events=['workout_completed'], wakes={'workout_completed': '14d'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
 -- workouts and plan, and when 14 days pass after a workout.

@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model(wakes={'workout_completed': '7d'}) }}
+{{ nudge_per_contact_model(events=['workout_completed'], wakes={'workout_completed': '7d'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
 -- workouts, and when 7 days pass after one.

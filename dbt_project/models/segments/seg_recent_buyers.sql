@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model(wakes={'purchased': '30d'}) }}
+{{ nudge_per_contact_model(events=['purchased'], wakes={'purchased': '30d'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): membership changes with the contact's own
 -- purchases, and when 30 days pass after one.

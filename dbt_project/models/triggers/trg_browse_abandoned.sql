@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model(wakes={'product_viewed': '2h'}) }}
+{{ nudge_per_contact_model(events=['product_viewed', 'added_to_cart'], wakes={'product_viewed': '2h'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): a contact's browses change with their own
 -- views and adds, and when 2 hours pass after a view.

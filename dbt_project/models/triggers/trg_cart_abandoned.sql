@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model(wakes={'added_to_cart': '1h'}) }}
+{{ nudge_per_contact_model(events=['added_to_cart', 'purchased'], wakes={'added_to_cart': '1h'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql), as int_carts is; a cart is abandoned an
 -- hour after its last add, the time rule below.

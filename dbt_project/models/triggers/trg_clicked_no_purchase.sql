@@ -1,6 +1,6 @@
 {% set clicked_automation = json_get('properties', 'automation') %}
 
-{{ nudge_per_contact_model(wakes={'email_clicked': '72h'}) }}
+{{ nudge_per_contact_model(events=['email_clicked', 'purchased', 'product_viewed'], wakes={'email_clicked': '72h'}) }}
 
 -- Per contact (macros/per_contact_incremental.sql): a contact's qualifications change with their
 -- own events, and when 72 hours pass after a click.

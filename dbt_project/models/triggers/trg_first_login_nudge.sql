@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['signed_up', 'app_installed']) }}
 
 -- Per contact (macros/per_contact_incremental.sql): a contact's first moment is their own, and
 -- qualifies when it happens.

@@ -8,7 +8,7 @@
     the orders sendable at the last build or since (macros/sendable_window.sql), not for the
     whole history: a table of every order, rebuilt every hour, was the slowest model of a tick
     with nothing new (0.8 s at 10M events). -#}
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['purchased']) }}
 {{ config(pre_hook="{{ nudge_forget_rows_sendable_at_last_build() }}") }}
 {%- set sendable_since = nudge_sendable_since(nudge_as_of()) -%}
 {%- set rebuilt_since = nudge_sendable_at_last_build() %}

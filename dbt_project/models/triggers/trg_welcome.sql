@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['signed_up']) }}
 
 -- Per contact (macros/per_contact_incremental.sql), as int_first_signups is.
 

@@ -1,7 +1,7 @@
 {#- Per contact (macros/per_contact_incremental.sql), with seg_dormant's time rules: a
     contact's entries into seg_dormant are recorded when their dormancy changes, which is when
     seg_dormant rebuilds them, and the context reads only their own workouts. -#}
-{{ nudge_per_contact_model(wakes=nudge_dormancy_wakes()) }}
+{{ nudge_per_contact_model(events=nudge_dormancy().activity_events, wakes=nudge_dormancy_wakes()) }}
 
 with
 

@@ -1,4 +1,4 @@
-{{ nudge_per_contact_model() }}
+{{ nudge_per_contact_model(events=['workout_completed']) }}
 
 -- Rebuilt for the contacts whose workout days were (int_workout_days: the same rule, the
 -- same time zones), not for the whole history.
