@@ -435,56 +435,6 @@
 {%- endmacro %}
 
 
-{% macro nudge_names_read_for_each_reason() -%}
-    {#- int_events_to_rebuild's reasons: a select of (wake, event_name, needed_name), one row per
-        name some model rebuilding a contact for that reason of int_contacts_to_rebuild reads (a
-        new login rebuilds seg_dormant, which reads the six activities, and no cart). none when a
-        per-contact model reads every event: then every event of the contacts is kept. -#}
-    {%- if not execute -%}
-        {{ return(none) }}
-    {%- endif -%}
-    {%- set models = [] -%}
-    {%- for node in nudge_per_contact_models() -%}
-        {%- set meta = node.config.meta or {} -%}
-        {%- if meta.get('nudge_events') is none -%}
-            {{ return(none) }}
-        {%- endif -%}
-        {%- set wake_keys = [] -%}
-        {%- for event_name, duration in (meta.get('nudge_wakes') or {}).items() -%}
-            {%- do wake_keys.append(nudge_wake_key(event_name, duration)) -%}
-        {%- endfor -%}
-        {%- do models.append({'names': meta.get('nudge_events'), 'wakes': wake_keys}) -%}
-    {%- endfor -%}
-    {#- each reason, as the SQL literals of its wake and event_name, with the names read for it -#}
-    {%- set reasons = {} -%}
-    {%- for model in models -%}
-        {%- set brought_by = [['null', 'null']] -%}
-        {%- for name in model.names -%}
-            {%- do brought_by.append(['null', nudge_event_name_list(name)]) -%}
-        {%- endfor -%}
-        {%- for key in model.wakes -%}
-            {%- do brought_by.append(["'" ~ key ~ "'", 'null']) -%}
-        {%- endfor -%}
-        {%- for wake, event_name in brought_by -%}
-            {%- do reasons.setdefault(wake ~ ', ' ~ event_name, {'wake': wake, 'event_name': event_name, 'names': []})['names'].extend(model.names) -%}
-        {%- endfor -%}
-    {%- endfor -%}
-    {%- if not reasons -%}
-        {{ return(none) }}
-    {%- endif -%}
-    {%- set rows = [] -%}
-    {%- for label, reason in reasons | dictsort -%}
-        {%- for name in reason.names | unique | sort -%}
-            {%- do rows.append(
-                "select cast(" ~ reason.wake ~ " as " ~ dbt.type_string() ~ ") as wake, cast(" ~ reason.event_name
-                ~ " as " ~ dbt.type_string() ~ ") as event_name, " ~ nudge_event_name_list(name) ~ " as needed_name"
-            ) -%}
-        {%- endfor -%}
-    {%- endfor -%}
-    {{ return(rows | join('\n    union all\n    ')) }}
-{%- endmacro %}
-
-
 {% macro nudge_per_contact_model(events=none, wakes=none) -%}
     {#- A model's config as a per-contact incremental model, with the event names it reads
         (meta.nudge_events; none: every event) and its time rules (meta.nudge_wakes). -#}

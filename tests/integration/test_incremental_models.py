@@ -750,25 +750,3 @@ def test_a_model_must_declare_what_the_per_contact_model_it_reads_declares(tmp_p
     assert result.returncode != 0
     assert "trg_cart_abandoned reads the rows of int_carts for the contacts to rebuild" in result.stdout
     assert "add the event names purchased to its events" in result.stdout
-
-
-def test_the_events_to_rebuild_are_those_a_model_rebuilding_the_contact_reads(runs):
-    # No model reads an identify: none is held for the per-contact models, though their contacts are.
-    # A contact brought only by a login is rebuilt by the models reading logins (the dormancy's), so
-    # only the dormancy's activities of theirs are held: not their sign-up.
-    copy = "incremental_t2"
-    held = dict(runs.query(f"select event_name, count(*) from {copy}.int_events_to_rebuild group by event_name"))
-    in_scope = f"contact_id in (select contact_id from {copy}.int_contacts_to_rebuild)"
-    (identifies,) = runs.query(f"select count(*) from {copy}.int_events where event_name = 'identify' and {in_scope}")[0]
-    assert identifies > 0 and "identify" not in held and held.get("workout_completed", 0) > 0
-    only_logins = f"""
-        select contact_id from {copy}.int_contacts_to_rebuild group by contact_id
-        having count(*) = 1 and max(wake) is null and max(event_name) = 'logged_in'
-    """
-    kept = {name for (name,) in runs.query(
-        f"select distinct event_name from {copy}.int_events_to_rebuild where contact_id in ({only_logins})")}
-    activities = {"logged_in", "workout_completed", "product_viewed", "added_to_cart", "purchased", "premium_feature_used"}
-    assert "logged_in" in kept and kept <= activities
-    (left_out,) = runs.query(
-        f"select count(*) from {copy}.int_events where contact_id in ({only_logins}) and event_name = 'signed_up'")[0]
-    assert left_out > 0
