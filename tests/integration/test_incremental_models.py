@@ -750,3 +750,16 @@ def test_a_model_must_declare_what_the_per_contact_model_it_reads_declares(tmp_p
     assert result.returncode != 0
     assert "trg_cart_abandoned reads the rows of int_carts for the contacts to rebuild" in result.stdout
     assert "add the event names purchased to its events" in result.stdout
+
+
+def test_a_time_rule_on_an_event_the_model_does_not_read_fails_the_parse(tmp_path):
+    # trg_browse_abandoned wakes 2 hours after a view: without views among its names it would never
+    # see the view its rule is about.
+    project, _ = copy_project(tmp_path)
+    model = project / "models" / "triggers" / "trg_browse_abandoned.sql"
+    declared = "events=['product_viewed', 'added_to_cart']"
+    assert declared in model.read_text()
+    model.write_text(model.read_text().replace(declared, "events=['added_to_cart']"))
+    result = dbt_command(tmp_path / "warehouse.duckdb", tmp_path / "dbt", T2, "parse", project=project)
+    assert result.returncode != 0
+    assert "trg_browse_abandoned: a time rule on product_viewed, an event it does not read: add it to events" in result.stdout
