@@ -1,6 +1,8 @@
-{#- Per contact (macros/per_contact_incremental.sql), with seg_dormant's time rules: a
-    contact's entries into seg_dormant are recorded when their dormancy changes, which is when
-    seg_dormant rebuilds them, and the context reads only their own workouts. -#}
+{#- Per contact (macros/per_contact_incremental.sql), with seg_dormant's event names and time
+    rules: a contact's entries into seg_dormant are recorded when their dormancy changes, which is
+    when seg_dormant rebuilds them, and the context reads only their own workouts. The entries come
+    through segment_membership_changes, which is not a per-contact model, so
+    nudge_require_upstream_reasons cannot check this: both take their rules from nudge_dormancy. -#}
 {{ nudge_per_contact_model(events=nudge_dormancy().activity_events, wakes=nudge_dormancy_wakes()) }}
 
 with
