@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -306,6 +306,37 @@ def test_the_first_row_of_an_id_wins_across_files_and_inserts(tmp_path, con, sma
     ]
     per_file = con.execute("select rows_loaded, rows_rejected from raw.loaded_files order by path").fetchall()
     assert per_file == [(1, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("later_by", [timedelta(hours=1), timedelta(0), timedelta(hours=-1)],
+                         ids=["a later run", "a run under the same loaded_at", "a run with the clock gone back"])
+def test_an_id_stored_by_an_earlier_run_is_a_duplicate_whenever_the_next_runs(tmp_path, con, small_units, later_by):
+    # A run asks the earlier runs' rows by their loaded_at when all are older than its own; the
+    # others (same loaded_at, or older than what is stored) must still find every stored id.
+    first_at = datetime(2026, 11, 1, 12, 0)
+    landing = tmp_path / "landing"
+    row = {"event_id": "e_1", "contact_id": "c_1", "name": "first", "occurred_at": "2026-10-31T10:00:00Z"}
+    write_jsonl(landing / "events" / "a.jsonl", [row, {**row, "event_id": "e_2"}])
+    assert ingest_events(con, landing, loaded_at=first_at).rows_loaded == 2
+    write_jsonl(landing / "events" / "b.jsonl", [{**row, "event_id": "e_3"}, {**row, "event_id": "e_2", "name": "again"},
+                                                 {**row, "event_id": "e_4"}])
+    report = ingest_events(con, landing, loaded_at=first_at + later_by)
+    assert (report.rows_loaded, report.rows_duplicate) == (2, 1)
+    assert con.execute("select event_id, name from raw.events order by 1").fetchall() == [
+        ("e_1", "first"), ("e_2", "first"), ("e_3", "first"), ("e_4", "first")
+    ]
+
+
+def test_an_id_whose_hash_the_run_has_seen_is_still_loaded_when_the_table_lacks_it(landing, sample, con, small_units,
+                                                                                   monkeypatch):
+    # The hashes of a run's ids only say which ids to look up: were every hash a hit (two ids can
+    # share one), the table decides and the same rows load.
+    _, summary = sample
+    monkeypatch.setattr(ingest_module._IdsOfThisRun, "may_hold", lambda self, hashes: pl.repeat(True, hashes.len(),
+                                                                                                   eager=True))
+    report = ingest_events(con, landing)
+    assert (report.rows_loaded, report.rows_duplicate) == (summary.events, summary.duplicate_event_rows)
+    assert distinct_ids(con)
 
 
 # Rows the parse must repair (a value to strip, a timestamp spelled another way, a numeric id, a "yes")
