@@ -637,10 +637,10 @@ class _IdsOfThisRun:
     Every insert must know which of its ids raw.events holds. Asking the table reads all of its ids,
     so an ingest of many inserts read the table once per insert, its time growing with the square of
     its size: a semi-join of 250,000 ids took 1.8 s against 100M stored, 0.2 s against 10M, and a
-    first load of 100M events runs 400 inserts (556 s from Parquet that way, 389 s this way, session
-    27; at 10M no faster, as checking the rows is the slower thread there, and about 50 to 100 MB more
-    resident). A run's rows all carry its loaded_at; when the table held
-    nothing at or after it before the run began, the stored ids split in two, each cheap to ask:
+    first load of 100M events runs 400 inserts (556 s from Parquet that way, 258 s this way, session
+    27; at 10M 18.5 and 18.8 s against 20.4 and 19.7 s, and about 100 MB more resident). A run's rows
+    all carry its loaded_at; when the table held nothing at or after it before the run began, the
+    stored ids split in two, each cheap to ask:
     - rows from earlier runs (loaded_at before this one's), read by the table's zonemaps without
       this run's row groups, and not at all when there were none;
     - this run's own rows, whose hashes are kept here (8 bytes an id, sorted runs merged as they
@@ -671,11 +671,14 @@ class _IdsOfThisRun:
         self._sorted_hashes.append(run)
 
     def may_hold(self, hashes: pl.Series) -> pl.Series:
-        found = pl.repeat(False, hashes.len(), eager=True)
+        # Searched in order, neighbouring lookups share the cache: a quarter of the time (0.05 s
+        # against 0.21 s for 250,000 hashes in 5M, and the sort 0.03 s).
+        probes = hashes.sort()
+        found = pl.repeat(False, probes.len(), eager=True)
         for run in self._sorted_hashes:
-            at = run.search_sorted(hashes).clip(upper_bound=run.len() - 1)
-            found = found | (run.gather(at) == hashes)
-        return found
+            at = run.search_sorted(probes).clip(upper_bound=run.len() - 1)
+            found = found | (run.gather(at) == probes)
+        return hashes.is_in(probes.filter(found).implode())
 
 
 def _semi_join_stored(con: duckdb.DuckDBPyConnection, ids: pl.Series, stored_where: str = "",
