@@ -652,13 +652,15 @@ class _IdsOfThisRun:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, loaded_at: datetime):
         self.loaded_at = loaded_at
-        ((not_older, older),) = con.execute(
-            "select count(*) filter (where loaded_at >= $loaded_at or loaded_at is null),"
-            " count(*) filter (where loaded_at < $loaded_at) from raw.events",
+        # exists, not count: the zonemaps answer it without reading the column (0.002 s against
+        # 0.1 to 0.15 s at 100M, once a tick)
+        ((any_not_older, any_older),) = con.execute(
+            "select exists (select 1 from raw.events where loaded_at >= $loaded_at or loaded_at is null),"
+            " exists (select 1 from raw.events where loaded_at < $loaded_at)",
             {"loaded_at": loaded_at},
         ).fetchall()
-        self.splits_the_table = not_older == 0
-        self.earlier_runs_hold_rows = older > 0
+        self.splits_the_table = not any_not_older
+        self.earlier_runs_hold_rows = any_older
         self._sorted_hashes: list[pl.Series] = []
 
     def add(self, hashes: pl.Series) -> None:
@@ -697,17 +699,19 @@ def _semi_join_stored(con: duckdb.DuckDBPyConnection, ids: pl.Series, stored_whe
         con.unregister("incoming_ids")
 
 
-def _stored_event_ids(con: duckdb.DuckDBPyConnection, firsts: pl.DataFrame, this_run: _IdsOfThisRun) -> pl.Series:
+def _stored_event_ids(
+    con: duckdb.DuckDBPyConnection, firsts: pl.DataFrame, ids_of_this_run: _IdsOfThisRun
+) -> pl.Series:
     """Which of the distinct ids of `firsts` raw.events already holds, this transaction's rows included
     (an hour's 16,000 against 10M: 0.16 s)."""
     ids = firsts.get_column("event_id")
-    if not this_run.splits_the_table:
+    if not ids_of_this_run.splits_the_table:
         return _semi_join_stored(con, ids)
-    at = {"loaded_at": this_run.loaded_at}
+    at = {"loaded_at": ids_of_this_run.loaded_at}
     stored = []
-    if this_run.earlier_runs_hold_rows:
+    if ids_of_this_run.earlier_runs_hold_rows:
         stored.append(_semi_join_stored(con, ids, "where loaded_at < $loaded_at", at))
-    again = ids.filter(this_run.may_hold(firsts.get_column("_id_hash")))
+    again = ids.filter(ids_of_this_run.may_hold(firsts.get_column("_id_hash")))
     stored.append(_semi_join_stored(con, again, "where loaded_at = $loaded_at", at))
     return pl.concat(stored)
 
@@ -722,17 +726,19 @@ def _first_of_each_id(frame: pl.DataFrame) -> pl.Series:
     return first
 
 
-def _insert_events(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, this_run: _IdsOfThisRun) -> pl.DataFrame:
+def _insert_events(
+    con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, ids_of_this_run: _IdsOfThisRun
+) -> pl.DataFrame:
     """Insert the rows whose event_id is new; return how many each source_file brought.
 
     The first row of an id wins within `frame` (rows in load order); against the table, the stored
     row wins. Nothing else keeps ids unique in raw.events (it has no key): every load passes here.
     """
     firsts = frame.filter(_first_of_each_id(frame))
-    stored = _stored_event_ids(con, firsts, this_run)
+    stored = _stored_event_ids(con, firsts, ids_of_this_run)
     new = firsts.filter(~pl.col("event_id").is_in(stored.implode()))
     # kept before the insert: should it fail, a hash of a row never written costs a lookup, not a row
-    this_run.add(new.get_column("_id_hash"))
+    ids_of_this_run.add(new.get_column("_id_hash"))
     _incoming(con, "incoming_events", new.select(pl.exclude("^_.*$")))
     try:
         con.execute(
