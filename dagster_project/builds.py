@@ -2,7 +2,10 @@
 
 Failed dbt tests do not reliably stop a downstream Python asset, so the dbt
 step records each model's outcome here and a send step refuses to read a
-trigger table that was not built and tested for its own tick.
+trigger table that was not built and tested for its own tick. The next build's
+data tests read it too: a per-contact model whose last build (by dbt's
+invocation id) passed every one of its tests is tested over the rows its new
+build rewrote (dbt_project/macros/rebuilt_rows.sql).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ create table if not exists {BUILDS_TABLE} (
     failed_tests varchar   not null,
     recorded_at  timestamp not null
 );
+-- added since: a warehouse of before gets them empty, and its next tests look at every row
+alter table {BUILDS_TABLE} add column if not exists invocation_id varchar;
+alter table {BUILDS_TABLE} add column if not exists tests_passed integer;
 """
 
 
@@ -48,24 +54,42 @@ def model_outcomes(run_results: Mapping[str, Any], manifest: Mapping[str, Any]) 
     return {model: (status, sorted(failures.get(model, []))) for model, status in statuses.items()}
 
 
+def passed_test_counts(run_results: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, int]:
+    """unique_id of each model -> how many tests on it passed in the run (a test reading two
+    models counts for both, as a failure is charged to both)."""
+    nodes = manifest.get("nodes", {})
+    passed: dict[str, int] = defaultdict(int)
+    for result in run_results.get("results", []):
+        if result["status"] == "pass":
+            for model in nodes.get(result["unique_id"], {}).get("depends_on", {}).get("nodes", []):
+                passed[model] += 1
+    return dict(passed)
+
+
 def record_builds(
     con: duckdb.DuckDBPyConnection,
     outcomes: Mapping[str, tuple[str, list[str]]],
     *,
     as_of: datetime,
     now: datetime,
+    invocation_id: str | None = None,
+    passed: Mapping[str, int] | None = None,
 ) -> None:
+    """Each model's outcome in one build; `invocation_id` is dbt's for the build and `passed`
+    (passed_test_counts) how many tests passed on each model."""
     con.execute(DDL)
     if not outcomes:
         return
+    passed = passed or {}
     # One statement: the models of a build are recorded together or not at all, and the
     # warehouse commits once, not once a model.
-    rows = [(unique_id, as_of, status, ", ".join(failed_tests), now)
+    rows = [(unique_id, as_of, status, ", ".join(failed_tests), now, invocation_id, passed.get(unique_id, 0))
             for unique_id, (status, failed_tests) in outcomes.items()]
     con.execute(
         f"""
-        insert or replace into {BUILDS_TABLE} (unique_id, as_of, status, failed_tests, recorded_at)
-        values {", ".join(["(?, ?, ?, ?, ?)"] * len(rows))}
+        insert or replace into {BUILDS_TABLE}
+            (unique_id, as_of, status, failed_tests, recorded_at, invocation_id, tests_passed)
+        values {", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))}
         """,
         [value for row in rows for value in row],
     )

@@ -25,7 +25,7 @@ from dagster_dbt.core.resource import DBT_INDIRECT_SELECTION_ENV
 
 from dagster_project.asset_metadata import plain_value, relation_metadata
 from dagster_project.automations import relation_of
-from dagster_project.builds import model_outcomes, record_builds
+from dagster_project.builds import model_outcomes, passed_test_counts, record_builds
 from dagster_project.clock import as_of_for, format_as_of
 from dagster_project.dbt_runner import DbtProjectResource, forget_manifests, run_dbt
 from dagster_project.warehouse import WAREHOUSE_POOL, Warehouse
@@ -158,7 +158,11 @@ def _build(
         # can be read and shown with its materialization.
         con = duckdb.connect(warehouse.path)
         try:
-            record_builds(con, outcomes, as_of=as_of, now=datetime.now(UTC).replace(tzinfo=None))
+            record_builds(
+                con, outcomes, as_of=as_of, now=datetime.now(UTC).replace(tzinfo=None),
+                invocation_id=run_results.get("metadata", {}).get("invocation_id"),
+                passed=passed_test_counts(run_results, manifest),
+            )
             events = [
                 _with_table_metadata(con, event, manifest)
                 for result in run.results

@@ -320,18 +320,22 @@
 
 
 {% macro nudge_forget_contacts_to_rebuild() -%}
-    {#- Pre-hook: the rows this build replaces, all of them when it rebuilds everyone. -#}
-    {%- if is_incremental() -%}
-        {%- set last = nudge_contact_watermark() -%}
-        {%- if last is none -%}
-            delete from {{ this }}
-        {%- elif nudge_shared_rebuild_is_current() -%}
-            delete from {{ this }} where contact_id in ({{ nudge_shared_contacts_of_this_model() }})
-        {%- else -%}
-            delete from {{ this }} where contact_id in (
-                {{ nudge_contacts_changed_since(last, nudge_wakes(), ref('int_events_stitched'), ref('stg_contacts')) }}
-            )
+    {#- Pre-hook: the rows this build replaces, all of them when it rebuilds everyone, with the
+        contacts recorded for the data tests (nudge_record_contacts_rebuilt). -#}
+    {%- set last = nudge_contact_watermark() if is_incremental() else none -%}
+    {%- if last is none -%}
+        {{ nudge_record_contacts_rebuilt(none) }}
+        {%- if is_incremental() %};
+    delete from {{ this }}
         {%- endif -%}
+    {%- else -%}
+        {%- if nudge_shared_rebuild_is_current() -%}
+            {%- set contacts = nudge_shared_contacts_of_this_model() -%}
+        {%- else -%}
+            {%- set contacts = nudge_contacts_changed_since(last, nudge_wakes(), ref('int_events_stitched'), ref('stg_contacts')) -%}
+        {%- endif -%}
+        {{ nudge_record_contacts_rebuilt(contacts) }};
+    delete from {{ this }} where contact_id in ({{ nudge_contacts_rebuilt_now() }})
     {%- endif -%}
 {%- endmacro %}
 

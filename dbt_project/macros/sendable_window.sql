@@ -37,6 +37,9 @@
     {#- Pre-hook, beside nudge_forget_contacts_to_rebuild: the rows built again whoever their contact. -#}
     {%- set since = nudge_sendable_at_last_build() if is_incremental() else none -%}
     {%- if since is not none -%}
+        {#- their contacts are rewritten too, for the data tests (nudge_record_contacts_rebuilt) -#}
+        insert into {{ nudge_contacts_rebuilt_relation(this) }}
+        {{ nudge_contacts_rebuilt_rows("select contact_id from " ~ this ~ " where qualified_at >= " ~ since) }};
         delete from {{ this }} where qualified_at >= {{ since }}
     {%- endif -%}
 {%- endmacro %}

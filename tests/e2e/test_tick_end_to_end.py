@@ -169,3 +169,18 @@ def test_each_asset_shows_what_the_tick_left_behind(env, first_tick):
     assert first_tick.metadata("nudge/messages", "dagster/row_count", None) == env.scalar(
         "select count(*) from nudge.messages where decided_at <= ?", [EARLIER]
     )
+
+
+def test_the_dbt_step_records_the_build_its_next_tests_start_from(env, first_tick):
+    # The per-contact models' pre-hooks name the dbt invocation that built them; the dbt step
+    # records the same invocation with every test on the model passed, which is what lets the
+    # next build's unique tests look only at the rows it rewrote (macros/rebuilt_rows.sql).
+    recorded = dict(env.query(
+        "select b.unique_id, b.tests_passed from nudge.model_builds as b"
+        " inner join intermediate.nudge_contacts_rebuilt as header"
+        "   on header.contact_id is null and b.unique_id = 'model.nudge.' || header.model_name"
+        "   and b.invocation_id = header.invocation_id"
+    ))
+    assert recorded.keys() >= {"model.nudge.int_workout_days", "model.nudge.int_carts", "model.nudge.int_purchases"}
+    # unique on first_live_event_id, unique on (contact_id, workout_date), not_after_as_of
+    assert recorded["model.nudge.int_workout_days"] == 3
