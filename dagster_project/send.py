@@ -30,6 +30,7 @@ from dagster_project.backends.base import (
     EmailBackend,
     stored_header,
 )
+from dagster_project.due_scope import DueScope, due_scope, record_finished
 from dagster_project.ledger import (
     CAPPED_STATUSES,
     ENTERED,
@@ -92,25 +93,59 @@ class SendReport:
         return sum(self.skipped.values())
 
 
-def _due_sql(automation: Automation) -> str:
+def _due_sql(automation: Automation, scope: DueScope) -> str:
     """The trigger rows the ledger has not settled, due by this tick: new qualifications, retries of
     temporary failures, quiet-hours holds that come back, and (where the backend dedupes) claims a
-    crash left pending."""
-    return f"""
-        select t.contact_id, t.trigger_key, t.qualified_at, t.due_at,
-               m.status as ledger_status, coalesce(m.attempts, 0) as attempts
-        from {automation.relation} as t
-        left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
-        where t.due_at <= $as_of
-          and (
+    crash left pending. Found among every trigger row, or among the rows `scope` names."""
+    unsettled = f"""
+          (
               m.trigger_key is null
               or (m.status = 'failed' and m.reason = 'temporary' and m.attempts < {MAX_ATTEMPTS})
               -- a hold comes back when the contact's quiet hours end, or to be skipped as stale
               or (m.status = 'held' and (m.held_until is null or m.held_until <= $as_of
                                          or epoch_us($as_of) - epoch_us(t.due_at) > $send_window_us))
               or (m.status = 'pending' and $redeliver_pending)
-          )
-    """
+          )"""
+    if scope.every_row:
+        return f"""
+        select t.contact_id, t.trigger_key, t.qualified_at, t.due_at,
+               m.status as ledger_status, coalesce(m.attempts, 0) as attempts
+        from {automation.relation} as t
+        left join {LEDGER_TABLE} as m on m.automation = $automation and m.trigger_key = t.trigger_key
+        where t.due_at <= $as_of
+          and {unsettled}
+        """
+    # The ledger is read for the few keys looked at, not joined whole (due_scope.py).
+    return f"""
+        with
+        rebuilt as (
+            select contact_id from {scope.rebuilt_relation}
+            where model_name = $trigger_table and invocation_id = $trigger_build and contact_id is not null
+        ),
+        retried as (
+            select trigger_key from {LEDGER_TABLE}
+            where automation = $automation and status in ('{Status.FAILED}', '{Status.HELD}', '{Status.PENDING}')
+        ),
+        looked_at as (
+            select contact_id, trigger_key, qualified_at, due_at
+            from {automation.relation}
+            where due_at <= $as_of
+              and (
+                  contact_id in (select contact_id from rebuilt)
+                  or due_at > $decided_through
+                  or trigger_key in (select trigger_key from retried)
+              )
+        ),
+        settled as (
+            select * from {LEDGER_TABLE}
+            where automation = $automation and trigger_key in (select trigger_key from looked_at)
+        )
+        select t.contact_id, t.trigger_key, t.qualified_at, t.due_at,
+               m.status as ledger_status, coalesce(m.attempts, 0) as attempts
+        from looked_at as t
+        left join settled as m on m.trigger_key = t.trigger_key
+        where {unsettled}
+        """
 
 
 # The due rows are written out before the joins that read them, so DuckDB plans those joins knowing
@@ -120,11 +155,13 @@ def _due_sql(automation: Automation) -> str:
 _DUE = "nudge_due"
 
 
-def _write_due(con: duckdb.DuckDBPyConnection, automation: Automation, params: dict[str, Any]) -> None:
+def _write_due(con: duckdb.DuckDBPyConnection, automation: Automation, params: dict[str, Any], scope: DueScope) -> None:
     """The due rows into the temporary table _candidates_sql reads (on `con`: each connection,
     each cursor, has its own)."""
-    sql = _due_sql(automation)
-    con.execute(f"create or replace temp table {_DUE} as {sql}", _params_of(sql, params))
+    sql = _due_sql(automation, scope)
+    scope_params = {"trigger_table": scope.trigger_table, "trigger_build": scope.trigger_build,
+                    "decided_through": scope.decided_through}
+    con.execute(f"create or replace temp table {_DUE} as {sql}", _params_of(sql, {**params, **scope_params}))
 
 
 def _any_due(con: duckdb.DuckDBPyConnection) -> bool:
@@ -449,7 +486,8 @@ def send_automation(
         # read sorts): DuckDB then writes in parallel. The cold 10M tick's 3.3 million skips took
         # 9.6 to 9.8 s instead of 11.4 s.
         reader.execute("set session preserve_insertion_order = false")
-        _write_due(reader, automation, params)
+        scope = due_scope(con, automation, as_of)
+        _write_due(reader, automation, params, scope)
         if gate is not None and not gate(_newly_due(reader, automation, as_of)):
             return report
         template = EmailTemplate.load(config.templates_dir, automation.template, category=automation.category)
@@ -469,6 +507,7 @@ def send_automation(
         if not _any_due(reader):
             # Most automations, most hours: the candidates' joins (the contacts, the ledger's history
             # of each contact) would find nothing to decide. The template was still loaded and checked.
+            record_finished(con, automation, scope, as_of)
             return report
 
         candidates = _candidates_sql(automation, contacts_relation, events_relation, suppressions_relation)
@@ -543,6 +582,9 @@ def send_automation(
                 progress.update(report, decisions.total)
                 upcoming = following
         progress.finish(report)
+        # Every due row is decided: the next send can start from here (a send stopped by its gate
+        # or an error above does not get this far).
+        record_finished(con, automation, scope, as_of)
     return report
 
 

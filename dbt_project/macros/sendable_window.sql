@@ -38,7 +38,7 @@
     {%- set since = nudge_sendable_at_last_build() if is_incremental() else none -%}
     {%- if since is not none -%}
         {#- their contacts are rewritten too, for the data tests (nudge_record_contacts_rebuilt) -#}
-        insert into {{ nudge_contacts_rebuilt_relation(this) }}
+        insert into {{ nudge_contacts_rebuilt_relation(this) }} (model_name, invocation_id, contact_id)
         {{ nudge_contacts_rebuilt_rows("select contact_id from " ~ this ~ " where qualified_at >= " ~ since) }};
         delete from {{ this }} where qualified_at >= {{ since }}
     {%- endif -%}

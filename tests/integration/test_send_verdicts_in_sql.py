@@ -25,6 +25,7 @@ from dagster_project.backends.file import FileBackend
 from dagster_project.ledger import Reason, Status, ensure_ledger
 from dagster_project.messages import message_id, sender_domain
 from dagster_project.policies import Candidate, TickState, decide
+from dagster_project.due_scope import DueScope
 from dagster_project.send import _candidate_params, _candidates_sql, _params_of, _write_due, send_automation
 from dagster_project.suppressions import UnsubscribeJournal, ensure_unsubscribes, move_to_warehouse
 
@@ -151,7 +152,7 @@ def _reference(con, automation, as_of, policy, marketing):
     params = _candidate_params(automation, as_of, True, marketing)
     sql = _candidates_sql(automation, "staging.stg_contacts", "intermediate.int_events",
                           "intermediate.int_email_suppressions")
-    _write_due(con, automation, params)
+    _write_due(con, automation, params, DueScope.all_of_it(as_of))
     relation = con.sql(sql + " order by t.due_at, t.trigger_key", params=_params_of(sql, params))
     columns = relation.columns
     state = TickState()
